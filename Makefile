@@ -1,0 +1,45 @@
+# Two commands for a new user: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BROKERS ?= 1
+
+.PHONY: demo test kafka-up kafka-down kafka-status bench bench-smoke lint clean
+
+# The virtualenv is rebuilt when a requirements file changes.
+$(VENV)/.runtime-installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+## demo: the guide's whole story against a real broker (started here if none is reachable)
+demo: $(VENV)/.runtime-installed
+	$(PY) scripts/demo.py
+
+## test: unit and integration tests; the suite starts (and stops) its own broker if needed
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest
+
+## kafka-up / kafka-down: a local KRaft broker on 127.0.0.1:9092 (BROKERS=3 for a cluster)
+kafka-up: $(VENV)/.runtime-installed
+	$(PY) scripts/kafka_local.py start --brokers $(BROKERS)
+
+kafka-down: $(VENV)/.runtime-installed
+	$(PY) scripts/kafka_local.py stop
+
+kafka-status: $(VENV)/.runtime-installed
+	$(PY) scripts/kafka_local.py status
+
+## bench: throughput, latency and memory beside the raw client (see bench/README.md)
+bench: $(VENV)/.runtime-installed
+	$(PY) bench/run.py
+
+lint: $(VENV)/.dev-installed
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

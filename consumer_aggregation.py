@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Aggregate orders into exact running totals and averages; undecodable or invalid orders go to the DLQ."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from dlq_producer import DeadLetterProducer, add_spool_argument, open_spool
+from orders_dlq import cli
+from orders_dlq.aggregation import EXACTLY_ONCE, GUARANTEES, OrderAggregator, read_states
+from orders_dlq.dlq import drain_if_pending
+from orders_dlq.kafka import require_cluster, require_topics
+from orders_dlq.orders import CATALOGUE
+from orders_dlq.retry import add_retry_arguments, retry_policy
+from orders_dlq.stats import Aggregate, combine
+
+EXAMPLE = "python consumer_aggregation.py --idle-timeout 10     # stop after 10 s without orders"
+DEFAULT_GROUP = "order-aggregation-consumers"
+
+
+def build_parser():
+    parser = cli.build_parser(__doc__, EXAMPLE)
+    parser.add_argument("-g", "--group", help=f"consumer group (env CONSUMER_GROUP, default {DEFAULT_GROUP})")
+    parser.add_argument("--guarantee", choices=GUARANTEES,
+                        help="exactly-once (transactions, the default) or at-least-once (env GUARANTEE)")
+    parser.add_argument("--instance-id",
+                        help="stable id of this instance; a restart with the same id fences its "
+                             "predecessor at once (env INSTANCE_ID, default host-pid)")
+    parser.add_argument("--state-topic", help="aggregate changelog (env STATE_TOPIC, default <topic>.aggregates)")
+    parser.add_argument("--products", help="comma-separated products to accept (env PRODUCTS, default: "
+                                           + ",".join(CATALOGUE) + ")")
+    parser.add_argument("--max-messages", type=cli.positive(int), help="stop after this many messages")
+    parser.add_argument("--idle-timeout", type=cli.positive(float), metavar="SECONDS",
+                        help="stop after this long without a new message")
+    parser.add_argument("--commit-interval-ms", type=cli.positive(int),
+                        help="how often work is committed (env COMMIT_INTERVAL_MS, default 100)")
+    parser.add_argument("--batch-size", type=cli.positive(int), help="messages per consume call (default 1000)")
+    parser.add_argument("--print-interval", type=cli.non_negative(float), default=1.0, metavar="SECONDS",
+                        help="print the running average at most this often (0 = never; default 1)")
+    parser.add_argument("--report", action="store_true",
+                        help="print the combined totals of all instances from the changelog and exit")
+    add_retry_arguments(parser)
+    add_spool_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
+    return parser
+
+
+def summary_text(aggregate: Aggregate) -> str:
+    def row(name, totals):
+        t = totals.to_json()
+        return (f"{name:<12} count {t['count']:>8}  total {t['total']:>12}  average {t['average'] or '-':>8}  "
+                f"min {t['min'] or '-':>8}  max {t['max'] or '-':>8}")
+    lines = [f"processed {aggregate.processed} orders, dead-lettered {aggregate.dead_lettered}",
+             row("overall", aggregate.overall)]
+    lines += [row(name, aggregate.products[name]) for name in sorted(aggregate.products)]
+    return "\n".join(lines)
+
+
+def running_average_printer(interval: float):
+    """Prints the guide's running-average line, at most once per interval (not once per order)."""
+    last = [0.0, -1]
+
+    def maybe_print(aggregator: OrderAggregator):
+        now = time.monotonic()
+        if now - last[0] < interval:
+            return
+        totals = aggregator.totals()
+        if totals.processed + totals.dead_lettered == last[1]:
+            return
+        last[:] = [now, totals.processed + totals.dead_lettered]
+        average = totals.overall.average
+        print(f"running average: {average if average is not None else '-'} over {totals.overall.count} orders "
+              f"({totals.dead_lettered} dead-lettered)", flush=True)
+    return maybe_print
+
+
+def main(argv=None) -> int:
+    args = cli.parse_args(build_parser(), argv)
+    settings = cli.kafka_settings(args)
+    group = cli.setting(args, "group", "CONSUMER_GROUP", DEFAULT_GROUP)
+    state_topic = cli.setting(args, "state_topic", "STATE_TOPIC", f"{settings.topic}.aggregates")
+    guarantee = cli.setting(args, "guarantee", "GUARANTEE", EXACTLY_ONCE, _guarantee)
+    products = cli.setting(args, "products", "PRODUCTS", ",".join(CATALOGUE))
+    products = [p.strip() for p in products.split(",") if p.strip()]
+    commit_ms = cli.setting(args, "commit_interval_ms", "COMMIT_INTERVAL_MS", 100, cli.positive(int))
+    instance_id = cli.setting(args, "instance_id", "INSTANCE_ID", f"{socket.gethostname()}-{os.getpid()}")
+    policy = retry_policy(args)
+    spool = open_spool(args)
+    admin = require_cluster(settings)
+
+    if args.report:
+        require_topics(admin, [settings.topic, state_topic])
+        aggregate = combine(read_states(settings, state_topic, group, settings.topic).values())
+        print(json.dumps(aggregate.summary()) if args.json else summary_text(aggregate))
+        return cli.EXIT_OK
+
+    require_topics(admin, [settings.topic, settings.dlq_topic, state_topic])
+    drain_if_pending(DeadLetterProducer(settings, spool=spool))
+    stop = cli.StopFlag().install()
+    aggregator = OrderAggregator(
+        settings, group=group, state_topic=state_topic, guarantee=guarantee, retry=policy,
+        instance_id=instance_id, products=products, commit_interval=commit_ms / 1000,
+        batch_size=args.batch_size or 1000, stop=stop)
+    cli.log.info("consuming %s as group %s (%s)", settings.topic, group, guarantee)
+    printer = running_average_printer(args.print_interval) if args.print_interval and not args.json else None
+    started = time.monotonic()
+    aggregate = aggregator.run(max_messages=args.max_messages, idle_timeout=args.idle_timeout, on_batch=printer)
+    elapsed = time.monotonic() - started
+    handled = aggregator.run_processed + aggregator.run_dead_lettered
+    cli.log.info("this run: %d orders aggregated, %d dead-lettered in %.1fs (%.0f/s)", aggregator.run_processed,
+                 aggregator.run_dead_lettered, elapsed, handled / elapsed if elapsed else 0)
+    print(json.dumps(aggregate.summary()) if args.json else summary_text(aggregate))
+    return cli.EXIT_OK
+
+
+def _guarantee(raw: str) -> str:
+    if raw not in GUARANTEES:
+        raise ValueError(f"must be one of {', '.join(GUARANTEES)}")
+    return raw
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,344 @@
+"""The aggregation consumer: orders in, exact per-partition totals out, failures to the DLQ.
+
+Units of work: a batch of messages is decoded, validated and aggregated into the state of its
+input partition; failures become dead letters. Every `commit_interval` the work is committed:
+
+- exactly-once: the dead letters, one changelog record per touched partition (its new state)
+  and the consumed offsets go into one Kafka transaction (`send_offsets_to_transaction`), as
+  Kafka Streams does. Either all of it becomes visible or none of it.
+- at-least-once: the dead letters and changelog records are flushed and acknowledged first, then
+  the offsets are committed. A crash in between re-reads some orders; the state's own
+  `next_offset` then skips the ones already counted, but their dead letters may repeat.
+
+If a commit fails (the DLQ is missing, the cluster refuses writes), the partitions roll back to
+their last committed state and the consumer seeks back there: no offset ever moves past a dead
+letter that was not confirmed. It retries with backoff and says so on stderr.
+
+On every assignment the state of each new partition is restored from the compacted changelog
+before any of its messages is processed, so restarts and scale-out never double count.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from orders_dlq.cli import KafkaSettings, StopFlag, ToolFailure, log
+from orders_dlq.codec import DecodeError, order_codec
+from orders_dlq.dead_letter import OUR_PREFIX, DeadLetter
+from orders_dlq.dlq import DeadLetterProducer
+from orders_dlq.kafka import common_client_config, read_to_end, reader_config, reliable_producer_config
+from orders_dlq.orders import CATALOGUE, InvalidOrder, validate
+from orders_dlq.retry import RetryPolicy, is_retryable
+from orders_dlq.stats import Aggregate, PartitionState, combine
+
+EXACTLY_ONCE = "exactly-once"
+AT_LEAST_ONCE = "at-least-once"
+GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
+REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"
+
+
+def state_key(group: str, topic: str, partition: int) -> bytes:
+    """Changelog key: one record per (group, input topic, partition); compaction keeps the last."""
+    return json.dumps([group, topic, partition]).encode()
+
+
+def read_states(settings: KafkaSettings, state_topic: str, group: str, topic: str,
+                partitions: set[int] | None = None, timeout: float = 60.0) -> dict[int, PartitionState]:
+    """The latest committed state of each partition of `topic` for `group`, from the changelog."""
+    reader = Consumer(reader_config(settings, f"{group}-restore-{uuid.uuid4()}"))
+    try:
+        metadata = reader.list_topics(state_topic, timeout=10).topics.get(state_topic)
+        if metadata is None or metadata.error is not None:
+            raise ToolFailure(f"state topic {state_topic} does not exist: run `python setup_dlq.py` first")
+        start = [TopicPartition(state_topic, p, 0) for p in metadata.partitions]
+        states = {}
+        for message in read_to_end(reader, start, timeout):
+            key = json.loads(message.key())
+            if key[0] == group and key[1] == topic and (partitions is None or key[2] in partitions):
+                states[key[2]] = PartitionState.decode(message.value())
+        return states
+    finally:
+        reader.close()
+
+
+class CommitFailed(Exception):
+    """The unit of work could not be committed; it must be rolled back and redone."""
+
+
+class OrderAggregator:
+    def __init__(self, settings: KafkaSettings, *, group: str, state_topic: str, guarantee: str,
+                 retry: RetryPolicy, instance_id: str, products=CATALOGUE, commit_interval: float = 0.1,
+                 batch_size: int = 1000, delivery_timeout: float = 10.0, stop: StopFlag | None = None):
+        self.settings = settings
+        self.topic = settings.topic
+        self.group = group
+        self.state_topic = state_topic
+        self.exactly_once = guarantee == EXACTLY_ONCE
+        self.retry = retry
+        self.products = frozenset(products)
+        self.commit_interval = commit_interval
+        self.batch_size = batch_size
+        self.stop = stop or StopFlag()
+        self.codec = order_codec()
+        self.states: dict[int, PartitionState] = {}
+        self.committed: dict[int, PartitionState] = {}  # each partition's state at its last commit
+        self.dirty: set[int] = set()
+        self.delivery_errors: list[str] = []
+        self.run_processed = 0
+        self.run_dead_lettered = 0
+        self.commit_failures = 0
+
+        self.consumer = Consumer(settings.client_config(**{
+            "group.id": group,
+            # Offsets move only when our commit says the work behind them is done.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Never aggregate what an aborted (or still open) transaction wrote.
+            "isolation.level": "read_committed",
+            # A killed instance's partitions move to the survivors after 10 s, not the 45 s default.
+            "session.timeout.ms": 10000,
+            **common_client_config(),
+        }))
+        producer_extra = {}
+        if self.exactly_once:
+            producer_extra = {
+                # A stable id per instance: a restarted instance fences its dead predecessor and
+                # aborts whatever transaction it left open, at once.
+                "transactional.id": f"{group}-{instance_id}",
+                # An instance that dies and never comes back blocks readers of its partitions
+                # (read_committed) until the coordinator aborts its transaction after this.
+                "transaction.timeout.ms": 15000,
+            }
+        self.producer = Producer(reliable_producer_config(settings, delivery_timeout, **producer_extra))
+        self.dead_letters = DeadLetterProducer(settings, producer=self.producer)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, max_messages: int | None = None, idle_timeout: float | None = None,
+            on_batch: Callable[[OrderAggregator], None] | None = None) -> Aggregate:
+        if self.exactly_once:
+            try:
+                self.producer.init_transactions(30)
+            except KafkaException as exc:
+                raise ToolFailure(f"cannot start a Kafka transaction ({exc.args[0].str()}); "
+                                  "use --guarantee at-least-once on brokers without transactions") from None
+            self.producer.begin_transaction()
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        last_commit = self.last_activity = time.monotonic()
+        try:
+            while not self.stop:
+                budget = self.batch_size
+                if max_messages is not None:
+                    budget = min(budget, max_messages - self.run_processed - self.run_dead_lettered)
+                    if budget <= 0:
+                        break
+                messages = self.consumer.consume(budget, timeout=0.2)
+                now = time.monotonic()
+                if messages:
+                    self.last_activity = now
+                    for message in messages:
+                        self._handle(message)
+                elif idle_timeout is not None and now - self.last_activity >= idle_timeout:
+                    log.info("no new orders for %gs: stopping", idle_timeout)
+                    break
+                if now - last_commit >= self.commit_interval:
+                    self.commit()
+                    last_commit = time.monotonic()
+                if on_batch:
+                    on_batch(self)
+            self.commit()
+            return self.totals()
+        finally:
+            self.close()
+
+    def totals(self) -> Aggregate:
+        """The combined aggregate of the partitions this instance owns (including earlier runs)."""
+        return combine(self.states.values())
+
+    def close(self) -> None:
+        try:
+            self.consumer.close()  # revokes: the revoke callback commits what is pending
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the consumer: %s", exc)
+        self.producer.flush(10)
+
+    # -- one message ------------------------------------------------------------------------------
+
+    def _handle(self, message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise ToolFailure(f"consumer error: {error.str()}")
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error.str())
+            return
+        partition = message.partition()
+        state = self.states.get(partition)
+        if state is None or message.offset() < state.next_offset:
+            return  # not ours any more, or already counted before a restart (at-least-once)
+        order = None
+        try:
+            order = self.codec.decode(message.value())
+            validate(order, self.products)
+        except DecodeError as exc:
+            self._dead_letter(state, message, None, "deserialize", exc, 0)
+        except InvalidOrder as exc:
+            self._dead_letter(state, message, order, "validate", exc, 0)
+        else:
+            self._process(state, message, order)
+        state.next_offset = message.offset() + 1
+        self.dirty.add(partition)
+
+    def _process(self, state: PartitionState, message, order: dict) -> None:
+        """Aggregate one valid order; an unexpected error is retried, then dead-lettered."""
+        for attempt in range(1, self.retry.max_attempts + 1):
+            try:
+                state.aggregate.add_order(order["product"], order["price"])
+                self.run_processed += 1
+                return
+            except Exception as exc:  # noqa: BLE001 - any processing failure is routed, never fatal
+                if attempt == self.retry.max_attempts or not is_retryable(exc):
+                    self._dead_letter(state, message, order, "process", exc, attempt)
+                    return
+                time.sleep(self.retry.backoff(attempt))
+
+    def _dead_letter(self, state: PartitionState, message, order, stage: str, error: Exception,
+                     retries: int) -> None:
+        headers = message.headers() or []
+        replays = next((int(v) for k, v in headers if k == REPLAY_COUNT_HEADER and v and v.isdigit()), 0)
+        timestamp_type, timestamp = message.timestamp()
+        dead_letter = DeadLetter.for_order(
+            order,
+            error_reason=str(error),
+            error_type=type(error).__name__,
+            error_stage=stage,
+            original_topic=message.topic(),
+            failed_by=self.group,
+            retry_count=retries,
+            replay_count=replays,
+            original_partition=message.partition(),
+            original_offset=message.offset(),
+            original_timestamp=timestamp if timestamp_type else None,
+            original_key=message.key(),
+            original_value=message.value(),
+            original_headers=headers,
+        )
+        log.debug("dead letter %s[%d]@%d (%s): %s", message.topic(), message.partition(),
+                  message.offset(), stage, error)
+        self.dead_letters.send(dead_letter, None if self.exactly_once else self._on_delivery)
+        state.aggregate.dead_lettered += 1
+        self.run_dead_lettered += 1
+
+    def _on_delivery(self, error, message) -> None:
+        if error is not None:
+            self.delivery_errors.append(f"{message.topic()}: {error.str()}")
+
+    # -- commit and rollback ----------------------------------------------------------------------
+
+    def commit(self, in_rebalance: bool = False) -> bool:
+        """Commit the current unit of work; on failure roll back and return False."""
+        if not self.dirty:
+            return True
+        offsets = [TopicPartition(self.topic, p, self.states[p].next_offset) for p in sorted(self.dirty)]
+        try:
+            for partition in self.dirty:
+                self.producer.produce(self.state_topic, key=state_key(self.group, self.topic, partition),
+                                      value=self.states[partition].encode(),
+                                      on_delivery=None if self.exactly_once else self._on_delivery)
+            if self.exactly_once:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                self.producer.commit_transaction(60)
+            else:
+                remaining = self.producer.flush(30)
+                if remaining or self.delivery_errors:
+                    raise CommitFailed(self.delivery_errors[0] if self.delivery_errors
+                                       else f"{remaining} message(s) not acknowledged")
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        except (KafkaException, CommitFailed, BufferError) as exc:
+            self._rollback(exc, in_rebalance)
+            return False
+        if self.exactly_once:
+            self.producer.begin_transaction()
+        for partition in self.dirty:
+            self.committed[partition] = self.states[partition].copy()
+        self.dirty.clear()
+        if self.commit_failures:
+            log.info("commits succeed again: processing resumed")
+            self.commit_failures = 0
+        return True
+
+    def _rollback(self, exc: Exception, in_rebalance: bool) -> None:
+        """Undo the unit of work: abort, restore each partition's last committed state, seek back."""
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        if isinstance(error, KafkaError) and error.fatal():
+            raise ToolFailure(f"this consumer was fenced or hit a fatal error: {error.str()} "
+                              "(another instance with the same --instance-id may be running)")
+        reason = error.str() if isinstance(error, KafkaError) else str(exc)
+        positions = ", ".join(f"{self.topic}[{p}]@{self.committed[p].next_offset}" for p in sorted(self.dirty))
+        self._drop_uncommitted(seek=not in_rebalance)
+        self.commit_failures += 1
+        if in_rebalance:
+            log.warning("commit failed while partitions move (%s): the next owner redoes the work", reason)
+            return
+        delay = self.retry.backoff(min(self.commit_failures, 10))
+        log.warning("commit failed (%s): holding at %s, nothing skipped; retrying in %.1fs",
+                    reason, positions, delay)
+        deadline = time.monotonic() + delay
+        while not self.stop and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _drop_uncommitted(self, seek: bool) -> None:
+        if self.exactly_once:
+            try:
+                self.producer.abort_transaction(30)
+            except KafkaException as exc:
+                log.warning("aborting the transaction: %s", exc.args[0].str())
+            self.producer.begin_transaction()
+        self.delivery_errors.clear()
+        for partition in self.dirty:
+            snapshot = self.committed[partition]
+            self.states[partition] = snapshot.copy()
+            if seek:
+                self.consumer.seek(TopicPartition(self.topic, partition, snapshot.next_offset))
+        self.dirty.clear()
+
+    # -- rebalancing ------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer, partitions) -> None:
+        numbers = {tp.partition for tp in partitions}
+        restored = read_states(self.settings, self.state_topic, self.group, self.topic, numbers)
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=60)}
+        for tp in partitions:
+            state = restored.get(tp.partition)
+            if state is None:
+                start = committed.get(tp.partition, -1)
+                if start < 0:
+                    start = consumer.get_watermark_offsets(tp, timeout=10)[0]
+                state = PartitionState(start)
+            self.states[tp.partition] = state
+            self.committed[tp.partition] = state.copy()
+            tp.offset = state.next_offset
+        consumer.assign(partitions)
+        self.last_activity = time.monotonic()  # joining the group does not count as idle time
+        log.info("assigned %s (restored %d from %s)",
+                 ", ".join(f"{self.topic}[{tp.partition}]@{tp.offset}" for tp in partitions),
+                 len(restored), self.state_topic)
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        # Finish the unit of work while we still own these partitions; the next owner restores it.
+        self.commit(in_rebalance=True)
+        for tp in partitions:
+            self.states.pop(tp.partition, None)
+            self.committed.pop(tp.partition, None)
+
+    def _on_lost(self, consumer, partitions) -> None:
+        log.warning("partitions lost (session expired): discarding uncommitted work")
+        self._drop_uncommitted(seek=False)
+        self._on_revoke(consumer, partitions)

@@ -1,0 +1,101 @@
+"""Avro encoding of orders and dead letters: schemas from schemas/*.avsc, parsed once, reused."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+from decimal import Decimal
+from pathlib import Path
+
+import fastavro
+from fastavro.schema import SchemaParseException
+
+from orders_dlq.cli import UsageError
+
+DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+ORDER_SCHEMA_FILE = "order.avsc"
+DEAD_LETTER_SCHEMA_FILE = "dead_letter.avsc"
+# Logical types decoded as their plain Avro type so that *we* validate them and
+# a bad uuid becomes a "validate" dead letter instead of a decoder crash.
+LOGICAL_TYPES_CHECKED_BY_US = {"uuid", "timestamp-micros"}
+
+
+class DecodeError(Exception):
+    """The bytes are not an Avro record of the expected schema ("<problem>: <detail>")."""
+
+
+def schema_dir() -> Path:
+    return Path(os.environ.get("SCHEMA_DIR") or DEFAULT_SCHEMA_DIR)
+
+
+def load_schema(file_name: str, directory: Path | None = None) -> dict:
+    """Read and check one .avsc (returned unparsed); a missing or invalid file is the operator's to fix (exit 2)."""
+    path = (directory or schema_dir()) / file_name
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        fastavro.parse_schema(copy.deepcopy(raw))
+        return raw
+    except FileNotFoundError:
+        raise UsageError(f"schema file {path} is missing") from None
+    except (json.JSONDecodeError, SchemaParseException, ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"schema file {path} is not a valid Avro schema: {exc}") from None
+
+
+def _without_checked_logical_types(node):
+    """A copy of a raw schema with uuid/timestamp logical types removed (same binary encoding)."""
+    if isinstance(node, dict):
+        node = {k: _without_checked_logical_types(v) for k, v in node.items()}
+        if node.get("logicalType") in LOGICAL_TYPES_CHECKED_BY_US:
+            node.pop("logicalType")
+        return node
+    if isinstance(node, list):
+        return [_without_checked_logical_types(item) for item in node]
+    return node
+
+
+class AvroCodec:
+    """Encode and decode one record type; the parsed schema and the write buffer are reused."""
+
+    def __init__(self, file_name: str, directory: Path | None = None):
+        raw = load_schema(file_name, directory)
+        self.field_names = [field["name"] for field in raw["fields"]]
+        self._read_schema = fastavro.parse_schema(_without_checked_logical_types(raw))
+        self._buffer = io.BytesIO()
+
+    def encode(self, record: dict) -> bytes:
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        fastavro.schemaless_writer(buffer, self._read_schema, record)
+        return buffer.getvalue()
+
+    def decode(self, data: bytes | None) -> dict:
+        """Strict decode: the whole value must be exactly one record, nothing left over."""
+        if not data:
+            raise DecodeError("empty value" if data is not None else "null value: a tombstone is not an order")
+        stream = io.BytesIO(data)
+        try:
+            record = fastavro.schemaless_reader(stream, self._read_schema)
+        except StopIteration:
+            raise DecodeError(f"truncated Avro record: {len(data)} bytes") from None
+        except (EOFError, UnicodeDecodeError, ValueError, TypeError, IndexError,
+                KeyError, OverflowError, MemoryError) as exc:
+            raise DecodeError(f"not a valid Avro order record: {type(exc).__name__}: {exc}") from None
+        if stream.tell() != len(data):
+            raise DecodeError(f"unexpected bytes after the Avro record: {len(data) - stream.tell()}")
+        return record
+
+
+def order_codec(directory: Path | None = None) -> AvroCodec:
+    return AvroCodec(ORDER_SCHEMA_FILE, directory)
+
+
+def dead_letter_codec(directory: Path | None = None) -> AvroCodec:
+    return AvroCodec(DEAD_LETTER_SCHEMA_FILE, directory)
+
+
+def money(value) -> Decimal:
+    """A money amount with exactly two decimal places."""
+    return Decimal(value).quantize(Decimal("0.01"))

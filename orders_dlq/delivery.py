@@ -1,0 +1,117 @@
+"""Producing orders under the retry policy: the delivery report, not produce(), decides success."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+
+from confluent_kafka import KafkaError, Producer
+
+from orders_dlq.cli import log
+from orders_dlq.codec import AvroCodec, DecodeError
+from orders_dlq.dead_letter import DeadLetter
+from orders_dlq.retry import RetryPolicy, is_retryable
+
+UNREACHABLE_ERRORS = {KafkaError._MSG_TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT,
+                      KafkaError._TIMED_OUT}
+
+
+class OrderSender:
+    """Sends encoded orders; a failed delivery is retried after a backoff, up to max_attempts.
+
+    Each attempt is bounded by the producer's message.timeout.ms, so the whole life of an order
+    is bounded by RetryPolicy.total_bound(). What still fails is kept as a produce-stage dead
+    letter for the caller to hand to the DLQ (or the spool).
+    """
+
+    def __init__(self, producer: Producer, topic: str, policy: RetryPolicy, codec: AvroCodec, client_id: str):
+        self.producer = producer
+        self.topic = topic
+        self.policy = policy
+        self.codec = codec
+        self.client_id = client_id
+        self.in_flight = 0
+        self.delivered = 0
+        self.retries = 0
+        self.failed: list[DeadLetter] = []
+        self.last_error: KafkaError | None = None
+        self._due: list = []  # heap of (due time, sequence, key, value, attempts so far)
+        self._sequence = itertools.count()
+
+    def send(self, key: bytes, value: bytes) -> None:
+        self._produce(key, value, 1, self._on_first_delivery)
+
+    def _produce(self, key, value, attempt, callback) -> None:
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, key=key, on_delivery=callback)
+                break
+            except BufferError:
+                # librdkafka's queue is full: serve delivery reports until there is room.
+                self.producer.poll(0.05)
+                self._produce_due_retries()
+        self.in_flight += 1
+        self.producer.poll(0)
+
+    def _on_first_delivery(self, error, message) -> None:
+        self._on_delivery(error, message, 1)
+
+    def _on_delivery(self, error, message, attempt: int) -> None:
+        self.in_flight -= 1
+        if error is None:
+            self.delivered += 1
+            return
+        self.last_error = error
+        if attempt < self.policy.max_attempts and is_retryable(error):
+            due = time.monotonic() + self.policy.backoff(attempt)
+            heapq.heappush(self._due, (due, next(self._sequence), message.key(), message.value(), attempt))
+            return
+        self.failed.append(self._dead_letter(message, error, attempt))
+
+    def _produce_due_retries(self) -> None:
+        now = time.monotonic()
+        while self._due and self._due[0][0] <= now:
+            _, _, key, value, attempts = heapq.heappop(self._due)
+            attempt = attempts + 1
+            self.retries += 1
+            self._produce(key, value, attempt,
+                          lambda error, message, attempt=attempt: self._on_delivery(error, message, attempt))
+
+    def service(self, timeout: float = 0.0) -> None:
+        """Serve delivery reports and send the retries that are due."""
+        self.producer.poll(timeout)
+        self._produce_due_retries()
+
+    def pending(self) -> int:
+        return self.in_flight + len(self._due)
+
+    def finish(self, progress=None) -> None:
+        """Wait until every order is delivered or has failed for good (bounded by the policy)."""
+        while self.pending():
+            self.service(0.05)
+            if progress:
+                progress()
+
+    def _dead_letter(self, message, error: KafkaError, attempts: int) -> DeadLetter:
+        try:
+            order = self.codec.decode(message.value())
+        except DecodeError:
+            order = None  # a deliberately broken message (--poison-ratio) that also failed to deliver
+        cause = "Kafka broker unavailable" if error.code() in UNREACHABLE_ERRORS else "delivery failed"
+        log.debug("giving up on %s after %d attempt(s): %s", message.key(), attempts, error.str())
+        return DeadLetter.for_order(
+            order,
+            error_reason=f"{cause} after {attempts} attempt(s): {error.str()}",
+            error_type=f"KafkaError.{error.name()}",
+            error_stage="produce",
+            original_topic=self.topic,
+            failed_by=self.client_id,
+            retry_count=attempts,
+            original_key=message.key(),
+            original_value=message.value(),
+        )
+
+    @property
+    def cluster_unreachable(self) -> bool:
+        return self.last_error is not None and self.last_error.code() in UNREACHABLE_ERRORS

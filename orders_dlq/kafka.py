@@ -1,0 +1,117 @@
+"""Kafka client configs and cluster checks that every script uses the same way."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from orders_dlq.cli import KafkaSettings, ToolFailure, librdkafka_logger, log
+
+_last_error_logged: dict[str, float] = {}
+
+
+def log_client_error(error: KafkaError) -> None:
+    """error_cb: librdkafka's cluster-level errors, each kind logged at most every 10 seconds."""
+    now = time.monotonic()
+    name = error.name()
+    if now - _last_error_logged.get(name, 0) >= 10:
+        _last_error_logged[name] = now
+        log.warning("kafka: %s", error.str())
+
+
+def common_client_config() -> dict:
+    return {"error_cb": log_client_error, "logger": librdkafka_logger()}
+
+
+def reliable_producer_config(settings: KafkaSettings, delivery_timeout: float, **extra) -> dict:
+    """The producer settings every message of this toolkit is sent with."""
+    return settings.client_config(**{
+        # Idempotence: librdkafka's internal retries can neither duplicate nor reorder a message.
+        "enable.idempotence": True,
+        # A message counts as delivered only when every in-sync replica has it.
+        "acks": "all",
+        # Let messages share a request for a few ms instead of one request (or flush) per order.
+        "linger.ms": 5,
+        # One delivery attempt is bounded by this, instead of librdkafka's 5-minute default, so a
+        # down cluster turns into a delivery error the retry policy and the DLQ can act on.
+        "message.timeout.ms": int(delivery_timeout * 1000),
+        **common_client_config(),
+        **extra,
+    })
+
+
+def admin_client(settings: KafkaSettings) -> AdminClient:
+    return AdminClient(settings.client_config(**common_client_config()))
+
+
+def cluster_reachable(settings: KafkaSettings, timeout: float) -> bool:
+    try:
+        admin_client(settings).list_topics(timeout=timeout)
+        return True
+    except KafkaException:
+        return False
+
+
+def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClient:
+    """An admin client for a cluster that answers, or one sentence saying it does not."""
+    admin = admin_client(settings)
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException:
+        raise ToolFailure(
+            f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:g}s "
+            "(is the broker running? try `make kafka-up`, or set KAFKA_BOOTSTRAP_SERVERS)"
+        ) from None
+    return admin
+
+
+def require_topics(admin: AdminClient, topics: list[str], timeout: float = 10.0) -> dict:
+    """Partition counts of topics that must exist (auto-creation is off on purpose)."""
+    metadata = admin.list_topics(timeout=timeout)
+    missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
+    if missing:
+        raise ToolFailure(f"topic {', '.join(missing)} does not exist: run `python setup_dlq.py` first")
+    return {t: len(metadata.topics[t].partitions) for t in topics}
+
+
+def read_to_end(consumer: Consumer, partitions: list[TopicPartition], timeout: float,
+                batch_size: int = 1000):
+    """Yield every message from the given start offsets up to the end of each partition.
+
+    The consumer must have enable.partition.eof set. With read_committed, the end is the last
+    stable offset: an open transaction holds it back until it commits or aborts.
+    """
+    if not partitions:
+        return
+    consumer.assign(partitions)
+    remaining = {(tp.topic, tp.partition) for tp in partitions}
+    deadline = time.monotonic() + timeout
+    while remaining:
+        if time.monotonic() > deadline:
+            names = ", ".join(f"{t}[{p}]" for t, p in sorted(remaining))
+            raise ToolFailure(f"timed out after {timeout:g}s reading {names} to its end")
+        for message in consumer.consume(batch_size, timeout=0.5):
+            error = message.error()
+            if error is None:
+                yield message
+            elif error.code() == KafkaError._PARTITION_EOF:
+                remaining.discard((message.topic(), message.partition()))
+            else:
+                raise ToolFailure(f"reading {message.topic()}: {error.str()}")
+
+
+def reader_config(settings: KafkaSettings, group_id: str) -> dict:
+    """A consumer that reads without joining or committing anything (it never disturbs a group)."""
+    return settings.client_config(**{
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # Report the end of each partition so a reader knows when it has seen everything.
+        "enable.partition.eof": True,
+        # Never read what an aborted transaction wrote, nor an open one's records.
+        "isolation.level": "read_committed",
+        "auto.offset.reset": "earliest",
+        **common_client_config(),
+    })

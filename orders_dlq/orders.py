@@ -1,0 +1,86 @@
+"""Orders: the product catalogue, the validation rules, and a generator of good and bad orders."""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from decimal import Decimal
+
+# The products the shop sells; anything else is an invalid order.
+CATALOGUE = ("Toffee", "Fudge", "Caramel", "Lollipop", "Marshmallow", "Nougat")
+MAX_PRICE = Decimal("10000.00")
+# An order created more than this far in the future says the producer's clock or data is wrong.
+MAX_CLOCK_SKEW_MICROS = 24 * 3600 * 1_000_000
+
+BAD_ORDER_KINDS = ("negative price", "zero price", "absurd price", "unknown product", "non-uuid order id")
+
+
+class InvalidOrder(Exception):
+    """A well-formed record that breaks a business rule; retrying cannot help.
+
+    Messages read "<rule>: <detail>"; the DLQ statistics count by the rule.
+    """
+
+
+def validate(order: dict, products: frozenset[str] = frozenset(CATALOGUE)) -> None:
+    """Raise InvalidOrder with a readable reason when an order breaks a rule."""
+    order_id = order["order_id"]
+    try:
+        if uuid.UUID(order_id).urn[9:] != order_id.lower():
+            raise ValueError
+    except (ValueError, AttributeError, TypeError):
+        raise InvalidOrder(f"order_id is not a UUID: {order_id!r}") from None
+    product = order["product"]
+    if product not in products:
+        raise InvalidOrder(f"unknown product: {product!r}")
+    price = order["price"]
+    if not price.is_finite():
+        raise InvalidOrder(f"price is not a number: {price}")
+    if price <= 0:
+        raise InvalidOrder(f"price must be positive: {price}")
+    if price > MAX_PRICE:
+        raise InvalidOrder(f"price exceeds the maximum of {MAX_PRICE}: {price}")
+    if order["created_at"] > time.time_ns() // 1000 + MAX_CLOCK_SKEW_MICROS:
+        raise InvalidOrder(f"created_at is more than a day in the future: {order['created_at']}")
+
+
+class OrderGenerator:
+    """Random orders for the demo, tests and benchmarks; reproducible with a seed."""
+
+    def __init__(self, seed: int | None = None, products: tuple[str, ...] = CATALOGUE):
+        self.random = random.Random(seed)
+        self.products = products
+
+    def order_id(self) -> str:
+        return str(uuid.UUID(int=self.random.getrandbits(128), version=4))
+
+    def good(self) -> dict:
+        # Prices between 0.50 and 50.00 in whole cents: exact in decimal, not in binary floats.
+        cents = self.random.randint(50, 5000)
+        return {
+            "order_id": self.order_id(),
+            "product": self.random.choice(self.products),
+            "price": Decimal(cents).scaleb(-2),
+            "created_at": time.time_ns() // 1000,
+        }
+
+    def bad(self) -> dict:
+        """A record that encodes fine but must be rejected by the consumer's validation."""
+        order = self.good()
+        kind = self.random.choice(BAD_ORDER_KINDS)
+        if kind == "negative price":
+            order["price"] = -order["price"]
+        elif kind == "zero price":
+            order["price"] = Decimal("0.00")
+        elif kind == "absurd price":
+            order["price"] = Decimal("99999999.99")
+        elif kind == "unknown product":
+            order["product"] = "Unobtainium"
+        else:
+            order["order_id"] = f"order-{self.random.randint(1, 10**6)}"
+        return order
+
+    def poison(self) -> bytes:
+        """Bytes that are not an Avro order at all."""
+        return b"\x00POISON" + self.random.randbytes(self.random.randint(0, 24))

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Send Avro orders to Kafka; an order that cannot be delivered after the retry policy goes to the DLQ."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from confluent_kafka import Producer
+
+from dlq_producer import DeadLetterProducer, add_spool_argument, open_spool
+from orders_dlq import cli
+from orders_dlq.codec import order_codec
+from orders_dlq.delivery import OrderSender
+from orders_dlq.dlq import drain_if_pending
+from orders_dlq.kafka import admin_client, cluster_reachable, reliable_producer_config, require_topics
+from orders_dlq.orders import OrderGenerator
+from orders_dlq.retry import add_retry_arguments, retry_policy
+
+EXAMPLE = "python producer.py --count 1000 --rate 200 --bad-ratio 0.05"
+
+
+def build_parser():
+    parser = cli.build_parser(__doc__, EXAMPLE)
+    parser.add_argument("-c", "--count", type=cli.non_negative(int),
+                        help="orders to send (env ORDER_COUNT, default 10)")
+    parser.add_argument("--rate", type=cli.non_negative(float),
+                        help="orders per second, 0 = as fast as possible (env ORDER_RATE, default 0)")
+    parser.add_argument("--bad-ratio", type=cli.ratio,
+                        help="share of invalid orders (negative price, unknown product, ...) the consumer "
+                             "must dead-letter (env BAD_RATIO, default 0)")
+    parser.add_argument("--poison-ratio", type=cli.ratio,
+                        help="share of messages that are not Avro at all (env POISON_RATIO, default 0)")
+    parser.add_argument("--seed", type=int, help="random seed for reproducible orders")
+    parser.add_argument("--delivery-timeout", type=cli.positive(float),
+                        help="seconds one delivery attempt may take (env DELIVERY_TIMEOUT, default 5)")
+    add_retry_arguments(parser)
+    add_spool_argument(parser)
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = cli.parse_args(build_parser(), argv)
+    settings = cli.kafka_settings(args)
+    count = cli.setting(args, "count", "ORDER_COUNT", 10, cli.non_negative(int))
+    rate = cli.setting(args, "rate", "ORDER_RATE", 0.0, cli.non_negative(float))
+    bad_ratio = cli.setting(args, "bad_ratio", "BAD_RATIO", 0.0, cli.ratio)
+    poison_ratio = cli.setting(args, "poison_ratio", "POISON_RATIO", 0.0, cli.ratio)
+    if bad_ratio + poison_ratio > 1:
+        raise cli.UsageError("--bad-ratio and --poison-ratio together must not exceed 1")
+    delivery_timeout = cli.setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 5.0, cli.positive(float))
+    policy = retry_policy(args)
+    codec = order_codec()
+    spool = open_spool(args)
+    client_id = f"producer.py@{socket.gethostname()}:{os.getpid()}"
+    stop = cli.StopFlag().install()
+
+    dead_letters = DeadLetterProducer(settings, spool=spool, delivery_timeout=delivery_timeout)
+    if cluster_reachable(settings, timeout=5):
+        require_topics(admin_client(settings), [settings.topic, settings.dlq_topic])
+        drain_if_pending(dead_letters)
+    else:
+        cli.log.warning("Kafka at %s does not answer: each order will be retried %d time(s) (at most %.0fs), "
+                        "then dead-lettered", settings.bootstrap_servers, policy.max_attempts,
+                        policy.total_bound(delivery_timeout))
+
+    producer = Producer(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}))
+    sender = OrderSender(producer, settings.topic, policy, codec, client_id)
+    generator = OrderGenerator(args.seed)
+    progress = cli.Progress(count, "producing")
+    kinds = {"valid": 0, "invalid": 0, "poison": 0}
+    started = time.monotonic()
+    produced = 0
+    for produced in range(1, count + 1):
+        if stop:
+            produced -= 1
+            break
+        if rate:
+            # Pace by schedule, not by sleeping a fixed gap, so slow polls do not lower the rate.
+            delay = started + (produced - 1) / rate - time.monotonic()
+            if delay > 0:
+                sender.service(delay)
+        draw = generator.random.random()
+        if draw < poison_ratio:
+            kinds["poison"] += 1
+            key, value = generator.order_id().encode(), generator.poison()
+        else:
+            kind = "invalid" if draw < poison_ratio + bad_ratio else "valid"
+            kinds[kind] += 1
+            order = generator.bad() if kind == "invalid" else generator.good()
+            key, value = order["order_id"].encode(), codec.encode(order)
+        sender.send(key, value)
+        sender.service()
+        progress.update(produced)
+    sender.finish(lambda: progress.update(produced))
+    progress.update(produced, force=True)
+    progress.close()
+    elapsed = time.monotonic() - started
+
+    result = None
+    if sender.failed:
+        if sender.cluster_unreachable and not cluster_reachable(settings, timeout=2):
+            # The DLQ lives on the same cluster: spool at once rather than wait for it again.
+            spooled = dead_letters.spool_all(sender.failed)
+            delivered = 0
+        else:
+            result = dead_letters.send_confirmed(sender.failed)
+            delivered, spooled = result.delivered, result.spooled
+    else:
+        delivered = spooled = 0
+    dead_letters.close()
+    summary = {
+        "produced": produced,
+        "sent": sender.delivered,
+        "dead_lettered": delivered,
+        "spooled": spooled,
+        "retries": sender.retries,
+        "kinds": kinds,
+        "elapsed_seconds": round(elapsed, 3),
+        "rate_per_second": round(sender.delivered / elapsed, 1) if elapsed > 0 else 0.0,
+        "spool": str(spool.path) if spooled else None,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"sent {summary['sent']} of {produced} orders to {settings.topic} in {elapsed:.2f}s "
+              f"({summary['rate_per_second']:,.0f}/s); {kinds['invalid']} invalid and {kinds['poison']} poison "
+              "among them on purpose")
+        if sender.failed:
+            print(f"{len(sender.failed)} order(s) could not be delivered: {delivered} dead-lettered to "
+                  f"{settings.dlq_topic}, {spooled} kept in the local spool {spool.path} "
+                  "(sent to the DLQ when Kafka is back)")
+    return cli.EXIT_FAILURE if sender.failed or stop else cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    cli.run(main)

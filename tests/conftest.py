@@ -1,0 +1,247 @@
+"""Shared fixtures: a real Kafka broker for the session, unique topics per test, scripts as subprocesses."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import fastavro
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import kafka_local  # noqa: E402
+
+SCRIPT_TIMEOUT = 180
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
+    """Poll a condition until it returns something truthy, or fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    """A reachable broker: KAFKA_BOOTSTRAP_SERVERS if set, else a local one on free ports for this session."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        if not kafka_local.broker_reachable(configured, 10):
+            pytest.exit(f"KAFKA_BOOTSTRAP_SERVERS={configured} is set but no broker answers there", returncode=1)
+        yield configured
+        return
+    cluster = kafka_local.LocalKafka(ROOT / ".kafka" / "test-broker", brokers=1, base_port=0)
+    cluster.start(timeout=120, fresh=True)
+    try:
+        yield cluster.bootstrap
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def private_kafka(tmp_path):
+    """A broker of this test's own, which the test may stop, kill and restart."""
+    cluster = kafka_local.LocalKafka(tmp_path / "broker", brokers=1, base_port=0)
+    cluster.start(timeout=120)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class Scripts:
+    """Runs the top-level scripts as a user would: subprocesses with a deadline, in a scratch directory."""
+
+    def __init__(self, bootstrap: str, cwd: Path, topic: str | None = None):
+        self.bootstrap = bootstrap
+        self.cwd = cwd
+        self.topic = topic
+
+    def env(self, extra: dict | None = None) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ORDERS_", "DLQ_"))}
+        env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
+        if self.topic:
+            env["ORDERS_TOPIC"] = self.topic
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra or {})
+        return env
+
+    def command(self, script: str, *args) -> list[str]:
+        return [sys.executable, str(ROOT / script), *map(str, args)]
+
+    def run(self, script: str, *args, env: dict | None = None, timeout: float = SCRIPT_TIMEOUT,
+            expect: int | None = 0) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.command(script, *args), cwd=self.cwd, env=self.env(env),
+                                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if expect is not None and result.returncode != expect:
+            raise AssertionError(f"{script} {' '.join(map(str, args))} exited {result.returncode}, expected "
+                                 f"{expect}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
+        return result
+
+    def json(self, script: str, *args, **kwargs):
+        return json.loads(self.run(script, *args, "--json", **kwargs).stdout)
+
+    def start(self, script: str, *args, env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen(self.command(script, *args), cwd=self.cwd, env=self.env(env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+
+
+class Pipeline:
+    """Unique topics and group for one test, created by setup_dlq.py, plus direct Kafka access."""
+
+    def __init__(self, bootstrap: str, scripts: Scripts, partitions: int = 3):
+        self.bootstrap = bootstrap
+        suffix = uuid.uuid4().hex[:10]
+        self.topic = f"orders-{suffix}"
+        self.dlq_topic = f"{self.topic}.DLQ"
+        self.state_topic = f"{self.topic}.aggregates"
+        self.group = f"aggregation-{suffix}"
+        self.scripts = scripts
+        scripts.topic = self.topic
+        self.partitions = partitions
+
+    def setup(self, *extra):
+        return self.scripts.run("setup_dlq.py", "--partitions", self.partitions, *extra)
+
+    def produce_raw(self, values: list, key: bytes | None = b"k", headers=None) -> None:
+        """Write arbitrary bytes to the orders topic, bypassing producer.py."""
+        producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True})
+        for value in values:
+            producer.produce(self.topic, value=value, key=key, headers=headers)
+        assert producer.flush(30) == 0
+
+    def read(self, topic: str, timeout: float = 60) -> list:
+        """Every committed message of a topic, from the beginning to the current end."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"test-reader-{uuid.uuid4()}",
+                             "enable.auto.commit": False, "enable.partition.eof": True,
+                             "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+            consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
+            remaining = set(metadata.partitions)
+            messages = []
+            deadline = time.monotonic() + timeout
+            while remaining:
+                assert time.monotonic() < deadline, f"timed out reading {topic}"
+                for message in consumer.consume(1000, timeout=0.5):
+                    if message.error() is None:
+                        messages.append(message)
+                    elif message.error().code() == KafkaError._PARTITION_EOF:
+                        remaining.discard(message.partition())
+                    else:
+                        raise AssertionError(message.error().str())
+            return messages
+        finally:
+            consumer.close()
+
+    def dead_letters(self) -> list[dict]:
+        """The DLQ as decoded records, each with its Kafka headers, decoded by fastavro directly."""
+        schema = fastavro.parse_schema(json.loads((ROOT / "schemas" / "dead_letter.avsc").read_text()))
+        letters = []
+        for message in self.read(self.dlq_topic):
+            record = fastavro.schemaless_reader(io.BytesIO(message.value()), schema)
+            record["_headers"] = dict(message.headers() or [])
+            record["_key"] = message.key()
+            letters.append(record)
+        return letters
+
+    def truth(self) -> dict:
+        """Exact totals of the valid orders in the topic, computed independently of the toolkit."""
+        return expected_totals(self.read(self.topic))
+
+    def consume(self, *args, guarantee: str = "exactly-once", **kwargs) -> dict:
+        return self.scripts.json("consumer_aggregation.py", "-g", self.group, "--guarantee", guarantee,
+                                 "--idle-timeout", 3, *args, **kwargs)
+
+    def report(self) -> dict:
+        return self.scripts.json("consumer_aggregation.py", "-g", self.group, "--report")
+
+
+def _order_schema_with_plain_string_id() -> dict:
+    # fastavro would raise while *reading* a non-UUID string under logicalType uuid; the test
+    # wants to see such an order and call it invalid, as the pipeline does.
+    raw = json.loads((ROOT / "schemas" / "order.avsc").read_text())
+    raw["fields"][0]["type"] = "string"
+    return fastavro.parse_schema(raw)
+
+
+ORDER_SCHEMA = _order_schema_with_plain_string_id()
+PRODUCTS = {"Toffee", "Fudge", "Caramel", "Lollipop", "Marshmallow", "Nougat"}
+
+
+def classify(value: bytes | None):
+    """(order, None) for a valid order, (None, 'deserialize'|'validate') otherwise: the test's own rules."""
+    if not value:
+        return None, "deserialize"
+    stream = io.BytesIO(value)
+    try:
+        order = fastavro.schemaless_reader(stream, ORDER_SCHEMA)
+    except Exception:
+        return None, "deserialize"
+    if stream.tell() != len(value):
+        return None, "deserialize"
+    try:
+        valid_id = str(uuid.UUID(str(order["order_id"]))) == str(order["order_id"]).lower()
+    except ValueError:
+        valid_id = False
+    if not valid_id or order["product"] not in PRODUCTS or not Decimal("0") < order["price"] <= Decimal("10000"):
+        return None, "validate"
+    return order, None
+
+
+def expected_totals(messages) -> dict:
+    counts = {"count": 0, "total": Decimal("0.00")}
+    products: dict[str, dict] = {}
+    failures = {"deserialize": 0, "validate": 0}
+    for message in messages:
+        order, failure = classify(message.value())
+        if failure:
+            failures[failure] += 1
+            continue
+        for bucket in (counts, products.setdefault(order["product"], {"count": 0, "total": Decimal("0.00")})):
+            bucket["count"] += 1
+            bucket["total"] += order["price"]
+    return {"count": counts["count"], "total": str(counts["total"]), "failures": failures,
+            "products": {name: {"count": v["count"], "total": str(v["total"])} for name, v in products.items()}}
+
+
+@pytest.fixture
+def scripts(kafka_bootstrap, tmp_path) -> Scripts:
+    return Scripts(kafka_bootstrap, tmp_path)
+
+
+@pytest.fixture
+def pipeline(kafka_bootstrap, scripts) -> Pipeline:
+    pipeline = Pipeline(kafka_bootstrap, scripts)
+    pipeline.setup()
+    return pipeline
+
+
+@pytest.fixture
+def admin(kafka_bootstrap) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/integration needs the broker: mark it so `-m "not integration"` works."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
