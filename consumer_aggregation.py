@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 
 from dlq_producer import DeadLetterProducer, add_spool_argument, open_spool
@@ -27,8 +25,9 @@ def build_parser():
     parser.add_argument("--guarantee", choices=GUARANTEES,
                         help="exactly-once (transactions, the default) or at-least-once (env GUARANTEE)")
     parser.add_argument("--instance-id",
-                        help="stable id of this instance; a restart with the same id fences its "
-                             "predecessor at once (env INSTANCE_ID, default host-pid)")
+                        help="stable name of this instance (static group member, transactional id): a "
+                             "restart with the same name takes over at once and fences its predecessor "
+                             "(env INSTANCE_ID; default: anonymous)")
     parser.add_argument("--state-topic", help="aggregate changelog (env STATE_TOPIC, default <topic>.aggregates)")
     parser.add_argument("--products", help="comma-separated products to accept (env PRODUCTS, default: "
                                            + ",".join(CATALOGUE) + ")")
@@ -86,7 +85,7 @@ def main(argv=None) -> int:
     products = cli.setting(args, "products", "PRODUCTS", ",".join(CATALOGUE))
     products = [p.strip() for p in products.split(",") if p.strip()]
     commit_ms = cli.setting(args, "commit_interval_ms", "COMMIT_INTERVAL_MS", 100, cli.positive(int))
-    instance_id = cli.setting(args, "instance_id", "INSTANCE_ID", f"{socket.gethostname()}-{os.getpid()}")
+    instance_id = cli.setting(args, "instance_id", "INSTANCE_ID", None)
     policy = retry_policy(args)
     spool = open_spool(args)
     admin = require_cluster(settings)

@@ -9,7 +9,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
 from orders_dlq import cli
-from orders_dlq.kafka import require_cluster
+from orders_dlq.kafka import DEAD_LETTER_MAX_BYTES, require_cluster
 
 DAY_MS = 24 * 3600 * 1000
 TIMEOUT = 30.0
@@ -23,7 +23,9 @@ def topic_plans(settings, state_topic: str, partitions: int, dlq_partitions: int
     return [
         (settings.topic, partitions, durability),
         (settings.dlq_topic, dlq_partitions,
-         {**durability, "retention.ms": str(int(retention_days * DAY_MS)), "cleanup.policy": "delete"}),
+         {**durability, "retention.ms": str(int(retention_days * DAY_MS)), "cleanup.policy": "delete",
+          # Room for a dead letter that carries a maximum-size order plus its error context.
+          "max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}),
         # Compaction keeps the latest state per (group, topic, partition): restores stay small.
         (state_topic, 1, {**durability, "cleanup.policy": "compact", "segment.ms": str(3600 * 1000),
                           "min.cleanable.dirty.ratio": "0.1"}),

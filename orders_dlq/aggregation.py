@@ -72,7 +72,7 @@ class CommitFailed(Exception):
 
 class OrderAggregator:
     def __init__(self, settings: KafkaSettings, *, group: str, state_topic: str, guarantee: str,
-                 retry: RetryPolicy, instance_id: str, products=CATALOGUE, commit_interval: float = 0.1,
+                 retry: RetryPolicy, instance_id: str | None = None, products=CATALOGUE, commit_interval: float = 0.1,
                  batch_size: int = 1000, delivery_timeout: float = 10.0, stop: StopFlag | None = None):
         self.settings = settings
         self.topic = settings.topic
@@ -83,7 +83,7 @@ class OrderAggregator:
         self.products = frozenset(products)
         self.commit_interval = commit_interval
         self.batch_size = batch_size
-        self.stop = stop or StopFlag()
+        self.stop = stop if stop is not None else StopFlag()
         self.codec = order_codec()
         self.states: dict[int, PartitionState] = {}
         self.committed: dict[int, PartitionState] = {}  # each partition's state at its last commit
@@ -93,6 +93,9 @@ class OrderAggregator:
         self.run_dead_lettered = 0
         self.commit_failures = 0
 
+        # A named instance is a static group member: when it restarts (after a crash, say) it takes
+        # its partitions back at once instead of waiting for a rebalance.
+        static_membership = {"group.instance.id": instance_id} if instance_id else {}
         self.consumer = Consumer(settings.client_config(**{
             "group.id": group,
             # Offsets move only when our commit says the work behind them is done.
@@ -103,14 +106,15 @@ class OrderAggregator:
             "isolation.level": "read_committed",
             # A killed instance's partitions move to the survivors after 10 s, not the 45 s default.
             "session.timeout.ms": 10000,
+            **static_membership,
             **common_client_config(),
         }))
         producer_extra = {}
         if self.exactly_once:
             producer_extra = {
-                # A stable id per instance: a restarted instance fences its dead predecessor and
-                # aborts whatever transaction it left open, at once.
-                "transactional.id": f"{group}-{instance_id}",
+                # A named instance keeps its id across restarts: the new one fences its dead
+                # predecessor and aborts whatever transaction it left open, at once.
+                "transactional.id": f"{group}-{instance_id or uuid.uuid4()}",
                 # An instance that dies and never comes back blocks readers of its partitions
                 # (read_committed) until the coordinator aborts its transaction after this.
                 "transaction.timeout.ms": 15000,
@@ -312,9 +316,8 @@ class OrderAggregator:
     # -- rebalancing ------------------------------------------------------------------------------
 
     def _on_assign(self, consumer, partitions) -> None:
-        numbers = {tp.partition for tp in partitions}
-        restored = read_states(self.settings, self.state_topic, self.group, self.topic, numbers)
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=60)}
+        restored = self._restore(committed)
         for tp in partitions:
             state = restored.get(tp.partition)
             if state is None:
@@ -330,6 +333,29 @@ class OrderAggregator:
         log.info("assigned %s (restored %d from %s)",
                  ", ".join(f"{self.topic}[{tp.partition}]@{tp.offset}" for tp in partitions),
                  len(restored), self.state_topic)
+
+    def _restore(self, committed: dict[int, int], timeout: float = 120.0) -> dict[int, PartitionState]:
+        """Changelog states of the given partitions, at least as new as their committed offsets.
+
+        Every commit writes a partition's state together with (exactly-once) or before
+        (at-least-once) its offset, so a state older than the committed offset only means the
+        changelog is not readable that far yet: read_committed stops at the first transaction
+        still open on the changelog (another instance's current commit, or a dead instance's,
+        which the coordinator aborts after transaction.timeout.ms). Wait for it.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            restored = read_states(self.settings, self.state_topic, self.group, self.topic, set(committed))
+            behind = sorted(p for p, offset in committed.items()
+                            if offset >= 0 and (p not in restored or restored[p].next_offset < offset))
+            if not behind:
+                return restored
+            if time.monotonic() > deadline:
+                raise ToolFailure(f"the changelog {self.state_topic} has no state for {self.topic} partition(s) "
+                                  f"{behind} as recent as the group's committed offsets; refusing to count twice")
+            log.info("waiting for %s to show the latest state of partition(s) %s (a transaction is still open)",
+                     self.state_topic, behind)
+            time.sleep(0.5)
 
     def _on_revoke(self, consumer, partitions) -> None:
         # Finish the unit of work while we still own these partitions; the next owner restores it.

@@ -125,11 +125,13 @@ def kafka_settings(args) -> KafkaSettings:
 def parse_client_overrides(pairs: list[str], origin: str) -> dict[str, str]:
     """KEY=VALUE strings into a dict, refusing anything without a key and an '='."""
     overrides = {}
-    for pair in pairs:
+    for number, pair in enumerate(pairs, 1):
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            # Never echo the value: it may be a password.
-            raise UsageError(f"{origin} expects KEY=VALUE, got {key.strip()!r} without a value")
+            # Never echo what was given: it may be (part of) a password.
+            where = f"item {number} of {origin} (comma-separated; use -X for values with commas)" \
+                if origin != "-X" else f"-X number {number}"
+            raise UsageError(f"{where} is not of the form KEY=VALUE")
         overrides[key.strip()] = value
     return overrides
 
@@ -138,7 +140,7 @@ def positive(kind: type):
     """An argparse/env parser for a number > 0."""
     def parse(raw):
         value = kind(raw)
-        if value <= 0:
+        if not value > 0:  # also refuses NaN
             raise ValueError(f"must be greater than 0, got {raw}")
         return value
     parse.__name__ = f"positive {kind.__name__}"
@@ -149,7 +151,7 @@ def non_negative(kind: type):
     """An argparse/env parser for a number >= 0."""
     def parse(raw):
         value = kind(raw)
-        if value < 0:
+        if not value >= 0:  # also refuses NaN
             raise ValueError(f"must not be negative, got {raw}")
         return value
     parse.__name__ = f"non-negative {kind.__name__}"

@@ -36,6 +36,8 @@ def load_schema(file_name: str, directory: Path | None = None) -> dict:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         fastavro.parse_schema(copy.deepcopy(raw))
+        if not isinstance(raw, dict) or raw.get("type") != "record":
+            raise ValueError("the top level must be a record")
         return raw
     except FileNotFoundError:
         raise UsageError(f"schema file {path} is missing") from None

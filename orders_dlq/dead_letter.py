@@ -135,8 +135,10 @@ def _header_int(headers: dict, binary_name: str, text_name: str) -> int | None:
     raw = headers.get(binary_name)
     if raw is not None and len(raw) in (4, 8):
         return struct.unpack(">i" if len(raw) == 4 else ">q", raw)[0]
-    text = _header_text(headers, text_name)
-    return int(text) if text and text.lstrip("-").isdigit() else None
+    try:
+        return int(_header_text(headers, text_name) or "")
+    except ValueError:
+        return None  # another tool's header we cannot read is not worth failing the dead letter
 
 
 def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes | None,

@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient
 from orders_dlq.cli import KafkaSettings, ToolFailure, librdkafka_logger, log
 
 _last_error_logged: dict[str, float] = {}
+DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
 
 
 def log_client_error(error: KafkaError) -> None:
@@ -37,6 +38,9 @@ def reliable_producer_config(settings: KafkaSettings, delivery_timeout: float, *
         # One delivery attempt is bounded by this, instead of librdkafka's 5-minute default, so a
         # down cluster turns into a delivery error the retry policy and the DLQ can act on.
         "message.timeout.ms": int(delivery_timeout * 1000),
+        # A dead letter wraps the original bytes plus their context, so it can be larger than the
+        # largest order the broker accepted (1 MB by default); the DLQ topic allows as much.
+        "message.max.bytes": DEAD_LETTER_MAX_BYTES + 64 * 1024,
         **common_client_config(),
         **extra,
     })

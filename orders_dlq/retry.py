@@ -35,13 +35,16 @@ class RetryPolicy:
 
     def backoff(self, failures: int, rng: random.Random = random) -> float:
         """Seconds to wait after the n-th failure: exponential, capped, +/- jitter."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (failures - 1))
+        base = self._step(failures - 1)
         return max(0.0, base * (1 + rng.uniform(-self.jitter, self.jitter)))
+
+    def _step(self, n: int) -> float:
+        # The exponent is capped too: past 64 doublings every step is max_backoff anyway.
+        return min(self.max_backoff, self.initial_backoff * self.multiplier ** min(n, 64))
 
     def total_bound(self, attempt_timeout: float) -> float:
         """The longest time one message can spend in retries: every attempt plus every backoff."""
-        backoffs = sum(min(self.max_backoff, self.initial_backoff * self.multiplier ** n)
-                       for n in range(self.max_attempts - 1))
+        backoffs = sum(self._step(n) for n in range(self.max_attempts - 1))
         return self.max_attempts * attempt_timeout + backoffs * (1 + self.jitter)
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -98,16 +99,47 @@ class Scripts:
     def json(self, script: str, *args, **kwargs):
         return json.loads(self.run(script, *args, "--json", **kwargs).stdout)
 
-    def start(self, script: str, *args, env: dict | None = None) -> subprocess.Popen:
-        return subprocess.Popen(self.command(script, *args), cwd=self.cwd, env=self.env(env),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                stdin=subprocess.DEVNULL)
+    def spawn(self, script: str, *args, name: str | None = None, env: dict | None = None) -> Running:
+        name = name or f"{Path(script).stem}-{uuid.uuid4().hex[:6]}"
+        return Running(self.command(script, *args), self.cwd, self.env(env), name)
+
+
+class Running:
+    """A script running in the background, its output going to files the test can read at any time."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict, name: str):
+        self.stdout_path = cwd / f"{name}.stdout"
+        self.stderr_path = cwd / f"{name}.stderr"
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err,
+                                            stdin=subprocess.DEVNULL)
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> int:
+        self.process.kill()
+        return self.process.wait(timeout=30)
+
+    def wait(self, timeout: float = SCRIPT_TIMEOUT) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"still running after {timeout}s\n--- stderr\n{self.stderr()[-3000:]}") from None
 
 
 class Pipeline:
     """Unique topics and group for one test, created by setup_dlq.py, plus direct Kafka access."""
 
     def __init__(self, bootstrap: str, scripts: Scripts, partitions: int = 3):
+        self.partitions = partitions
         self.bootstrap = bootstrap
         suffix = uuid.uuid4().hex[:10]
         self.topic = f"orders-{suffix}"
@@ -116,7 +148,6 @@ class Pipeline:
         self.group = f"aggregation-{suffix}"
         self.scripts = scripts
         scripts.topic = self.topic
-        self.partitions = partitions
 
     def setup(self, *extra):
         return self.scripts.run("setup_dlq.py", "--partitions", self.partitions, *extra)
@@ -171,6 +202,15 @@ class Pipeline:
         return self.scripts.json("consumer_aggregation.py", "-g", self.group, "--guarantee", guarantee,
                                  "--idle-timeout", 3, *args, **kwargs)
 
+    def committed(self) -> dict[int, int]:
+        """The group's committed offset per partition (without joining the group)."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
+        try:
+            partitions = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+            return {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        finally:
+            consumer.close()
+
     def report(self) -> dict:
         return self.scripts.json("consumer_aggregation.py", "-g", self.group, "--report")
 
@@ -185,6 +225,17 @@ def _order_schema_with_plain_string_id() -> dict:
 
 ORDER_SCHEMA = _order_schema_with_plain_string_id()
 PRODUCTS = {"Toffee", "Fudge", "Caramel", "Lollipop", "Marshmallow", "Nougat"}
+
+
+def encode_order(order: dict) -> bytes:
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, ORDER_SCHEMA, order)
+    return buffer.getvalue()
+
+
+def a_valid_order(price="12.34", product="Toffee") -> dict:
+    return {"order_id": str(uuid.uuid4()), "product": product, "price": Decimal(price),
+            "created_at": datetime.now(UTC)}
 
 
 def classify(value: bytes | None):
@@ -221,6 +272,24 @@ def expected_totals(messages) -> dict:
             bucket["total"] += order["price"]
     return {"count": counts["count"], "total": str(counts["total"]), "failures": failures,
             "products": {name: {"count": v["count"], "total": str(v["total"])} for name, v in products.items()}}
+
+
+def assert_summary_matches_truth(summary: dict, truth: dict) -> None:
+    assert summary["overall"]["count"] == truth["count"]
+    assert summary["overall"]["total"] == truth["total"]
+    assert set(summary["products"]) == set(truth["products"])
+    for name, expected in truth["products"].items():
+        got = summary["products"][name]
+        assert (got["count"], got["total"]) == (expected["count"], expected["total"]), name
+        average = (Decimal(expected["total"]) / expected["count"]).quantize(Decimal("0.01"))
+        assert got["average"] == str(average), name
+
+
+def assert_dead_lettered_exactly_once(letters: list[dict], truth: dict) -> None:
+    """Every failed message of the orders topic is in the DLQ once: no position twice, none missing."""
+    positions = [(letter["original_partition"], letter["original_offset"]) for letter in letters]
+    assert len(positions) == len(set(positions)), "a message was dead-lettered twice"
+    assert len(positions) == sum(truth["failures"].values())
 
 
 @pytest.fixture

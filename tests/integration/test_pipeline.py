@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 import struct
-from decimal import Decimal
 
-import fastavro
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-
-from conftest import ORDER_SCHEMA, Pipeline, Scripts, classify
+from conftest import Pipeline, Scripts, a_valid_order, assert_summary_matches_truth, classify, encode_order
 
 pytestmark = pytest.mark.integration
-
-
-def encode_order(order: dict) -> bytes:
-    buffer = io.BytesIO()
-    fastavro.schemaless_writer(buffer, ORDER_SCHEMA, order)
-    return buffer.getvalue()
-
-
-def a_valid_order(price="12.34", product="Toffee") -> dict:
-    import uuid
-    from datetime import datetime, timezone
-    return {"order_id": str(uuid.uuid4()), "product": product, "price": Decimal(price),
-            "created_at": datetime.now(timezone.utc)}
-
-
-def assert_summary_matches_truth(summary: dict, truth: dict) -> None:
-    assert summary["overall"]["count"] == truth["count"]
-    assert summary["overall"]["total"] == truth["total"]
-    assert set(summary["products"]) == set(truth["products"])
-    for name, expected in truth["products"].items():
-        got = summary["products"][name]
-        assert (got["count"], got["total"]) == (expected["count"], expected["total"]), name
-        average = (Decimal(expected["total"]) / expected["count"]).quantize(Decimal("0.01"))
-        assert got["average"] == str(average), name
 
 
 def test_normal_operation_totals_are_exact_and_dlq_stays_empty(pipeline: Pipeline):

@@ -1,0 +1,207 @@
+"""The SQLite dead-letter spool: order, exact bytes, durability across a killed process, the drain lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from orders_dlq import spool as spool_module
+from orders_dlq.spool import SPOOL_ID_HEADER, Spool
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD_TIMEOUT = 20
+
+
+@pytest.fixture
+def spool(tmp_path):
+    spool = Spool(tmp_path / "nested" / "spool.sqlite3")
+    yield spool
+    spool.close()
+
+
+def run_child(code: str, *args, **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT, **kwargs)
+
+
+def test_new_spool_is_empty_and_creates_parent_directories(tmp_path, spool):
+    assert spool.path == tmp_path / "nested" / "spool.sqlite3"
+    assert spool.path.exists()
+    assert spool.count() == 0
+    assert spool.pending() == []
+
+
+def test_add_then_pending_in_insertion_order_with_exact_bytes(spool):
+    first = spool.add("orders.DLQ", b"\x00\xffkey", b"\x00\xff\x00value",
+                      [("a", b"\x00\xff"), ("none", None), ("empty", b""), ("a", b"dup")])
+    second = spool.add("other.DLQ", None, b"", [])
+    third = spool.add("orders.DLQ", b"k3", b"v3", [("x", b"y")])
+    assert len({first, second, third}) == 3
+    assert str(uuid.UUID(first)) == first
+    rows = spool.pending()
+    assert [row.spool_id for row in rows] == [first, second, third]
+    assert [row.row_id for row in rows] == sorted(row.row_id for row in rows)
+    one, two, three = rows
+    assert (one.topic, one.key, one.value) == ("orders.DLQ", b"\x00\xffkey", b"\x00\xff\x00value")
+    assert one.headers == [("a", b"\x00\xff"), ("none", None), ("empty", b""), ("a", b"dup")]
+    assert (two.topic, two.key, two.value, two.headers) == ("other.DLQ", None, b"", [])
+    assert three.headers == [("x", b"y")]
+    assert all(row.sending_since is None for row in rows)
+    assert spool.count() == 3
+
+
+def test_pending_limit(spool):
+    ids = [spool.add("t", None, bytes([i]), []) for i in range(5)]
+    assert [row.spool_id for row in spool.pending(limit=2)] == ids[:2]
+    assert [row.spool_id for row in spool.pending(limit=10)] == ids
+
+
+def test_kafka_headers_append_the_spool_id(spool):
+    spool_id = spool.add("t", None, b"v", [("h", None)])
+    (row,) = spool.pending()
+    assert row.kafka_headers() == [("h", None), (SPOOL_ID_HEADER, spool_id.encode())]
+    assert SPOOL_ID_HEADER == "dlq.spool.id"
+    assert row.headers == [("h", None)]  # kafka_headers() does not modify the row
+
+
+def test_mark_sending_stamps_only_once(spool, monkeypatch):
+    spool.add("t", None, b"a", [])
+    spool.add("t", None, b"b", [])
+    first, second = spool.pending()
+    monkeypatch.setattr(spool_module.time, "time", lambda: 1000.0)
+    spool.mark_sending([first.row_id])
+    monkeypatch.setattr(spool_module.time, "time", lambda: 2000.0)
+    spool.mark_sending([first.row_id, second.row_id])
+    assert [row.sending_since for row in spool.pending()] == [1000.0, 2000.0]
+
+
+def test_mark_sending_and_delete_of_nothing_or_unknown_rows(spool):
+    spool.add("t", None, b"a", [])
+    spool.mark_sending([])
+    spool.delete([])
+    spool.delete([987654])
+    assert spool.count() == 1 and spool.pending()[0].sending_since is None
+
+
+def test_delete(spool):
+    ids = [spool.add("t", None, bytes([i]), []) for i in range(4)]
+    rows = spool.pending()
+    spool.delete([rows[0].row_id, rows[2].row_id])
+    assert [row.spool_id for row in spool.pending()] == [ids[1], ids[3]]
+    assert spool.count() == 2
+
+
+def test_row_ids_are_not_reused_after_delete(spool):
+    spool.add("t", None, b"a", [])
+    (row,) = spool.pending()
+    spool.delete([row.row_id])
+    spool.add("t", None, b"b", [])
+    assert spool.pending()[0].row_id > row.row_id
+
+
+def test_data_survives_close_and_reopen(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    spool = Spool(path)
+    spool_id = spool.add("orders.DLQ", b"k", b"\x00\xff", [("h", None)])
+    spool.mark_sending([spool.pending()[0].row_id])
+    stamped = spool.pending()[0].sending_since
+    spool.close()
+    reopened = Spool(path)
+    try:
+        (row,) = reopened.pending()
+        assert (row.spool_id, row.key, row.value, row.headers, row.sending_since) == \
+               (spool_id, b"k", b"\x00\xff", [("h", None)], stamped)
+    finally:
+        reopened.close()
+
+
+def test_add_is_durable_when_the_process_is_killed_right_after(tmp_path):
+    path = tmp_path / "spool.sqlite3"
+    result = run_child("""
+        import os, signal, sys
+        from orders_dlq.spool import Spool
+        spool = Spool(sys.argv[1])
+        spool_id = spool.add("orders.DLQ", b"key", b"\\x00value\\xff", [("h", b"\\x01"), ("n", None)])
+        sys.stdout.write(spool_id + "\\n")
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    """, path)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    spool_id = result.stdout.strip()
+    spool = Spool(path)
+    try:
+        (row,) = spool.pending()
+        assert row.spool_id == spool_id
+        assert (row.topic, row.key, row.value) == ("orders.DLQ", b"key", b"\x00value\xff")
+        assert row.headers == [("h", b"\x01"), ("n", None)]
+    finally:
+        spool.close()
+
+
+TRY_LOCK = """
+    import fcntl, sys
+    with open(sys.argv[1], "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("blocked")
+        else:
+            print("acquired")
+"""
+
+
+def test_drain_lock_file_name(spool):
+    lock = spool.drain_lock()
+    assert lock.path == spool.path.with_name("spool.sqlite3.lock")
+
+
+def test_drain_lock_excludes_another_process(spool):
+    lock_path = spool.path.with_name(spool.path.name + ".lock")
+    with spool.drain_lock():
+        assert run_child(TRY_LOCK, lock_path).stdout.strip() == "blocked"
+    assert run_child(TRY_LOCK, lock_path).stdout.strip() == "acquired"
+
+
+def test_drain_lock_held_by_another_process_blocks_us(spool):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from orders_dlq.spool import Spool
+        spool = Spool(sys.argv[1])
+        with spool.drain_lock():
+            print("locked", flush=True)
+            sys.stdin.readline()
+        print("released", flush=True)
+    """), str(spool.path)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with open(spool.path.with_name(spool.path.name + ".lock"), "w") as handle:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "released"
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free now
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        assert child.wait(timeout=CHILD_TIMEOUT) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_drain_lock_is_released_on_exception(spool):
+    lock_path = spool.path.with_name(spool.path.name + ".lock")
+    with pytest.raises(RuntimeError):
+        with spool.drain_lock():
+            raise RuntimeError("drain failed")
+    assert run_child(TRY_LOCK, lock_path).stdout.strip() == "acquired"
