@@ -15,7 +15,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,6 +208,10 @@ class Pipeline:
         try:
             partitions = [TopicPartition(self.topic, p) for p in range(self.partitions)]
             return {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        except KafkaException as exc:
+            if not exc.args[0].retriable() and exc.args[0].code() != KafkaError.NOT_COORDINATOR:
+                raise
+            return {}  # the group coordinator is moving or loading: callers poll again
         finally:
             consumer.close()
 

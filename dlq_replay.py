@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Replay dead letters: send the selected originals back to their topic, each exactly once, resumably.
+
+Selects dead letters by reason, stage, product, original topic, time or DLQ offset, and sends each
+one's original key, value, headers (and timestamp) back to its original topic, or to --to TOPIC,
+with a dlq.replay.count header. A message that has already been replayed --max-replays times stays
+in the DLQ and is reported ("held") instead of going round forever.
+
+Progress is the consumer group's position on the DLQ (-g, default <dlq-topic>.replayer), committed
+in the same Kafka transaction as the republished messages: an interrupted replay (Ctrl+C, crash,
+SIGKILL) continues where it stopped when run again, and sends nothing twice. That position is a
+cursor: dead letters the selection passes over are behind it afterwards too, so a later replay in
+the same group with another selection will not see them (use another -g, or --from-beginning).
+Preview a selection with --dry-run, which sends and commits nothing.
+
+A message replayed to its original topic goes to its original partition (whatever partitioner its
+producer used). Replays are written in transactions: consumers of the target must read with
+isolation.level=read_committed (consumer_aggregation.py does) not to see a batch a crash aborted.
+A replay ends by itself at the end of the DLQ as it was when it started.
+"""
+
+from __future__ import annotations
+
+import json
+
+from orders_dlq import cli
+from orders_dlq.dead_letter import STAGES
+from orders_dlq.kafka import require_cluster, require_topics
+from orders_dlq.replay import (
+    DEFAULT_MAX_REPLAYS,
+    Decision,
+    Replayer,
+    ReplayOptions,
+    Selection,
+    parse_offset,
+    parse_time,
+    validate_options,
+)
+
+EXAMPLE = 'python dlq_replay.py --reason "unknown product" --dry-run     # then again without --dry-run'
+
+
+def build_parser():
+    parser = cli.build_parser(__doc__, EXAMPLE)
+    select = parser.add_argument_group("selection (all given criteria must hold)")
+    select.add_argument("--reason", help="dead letters whose reason contains this text (case-insensitive)")
+    select.add_argument("--stage", choices=STAGES, help="dead letters of this stage")
+    select.add_argument("--product", help="dead letters of this product")
+    select.add_argument("--original-topic", metavar="TOPIC", help="dead letters that came from this topic")
+    select.add_argument("--since", type=_time, metavar="ISO-TIME",
+                        help="failed at or after this time, e.g. 2026-11-28T09:00 (local time without a zone)")
+    select.add_argument("--until", type=_time, metavar="ISO-TIME", help="failed before this time")
+    select.add_argument("--from-offset", type=_offset, action="append", default=[], metavar="[PARTITION:]OFFSET",
+                        help="DLQ offsets from this one (inclusive), in every partition or in PARTITION; "
+                             "repeatable")
+    select.add_argument("--to-offset", type=_offset, action="append", default=[], metavar="[PARTITION:]OFFSET",
+                        help="DLQ offsets up to this one (inclusive); repeatable")
+    replay = parser.add_argument_group("replay")
+    replay.add_argument("--to", dest="to_topic", metavar="TOPIC",
+                        help="send every selected message to this topic instead of its original topic")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="list what would be sent, one line per selected dead letter; send and commit nothing")
+    replay.add_argument("--max-replays", type=cli.positive(int),
+                        help="loop guard: a message already replayed this many times is held, not sent "
+                             f"(env REPLAY_MAX_REPLAYS, default {DEFAULT_MAX_REPLAYS})")
+    replay.add_argument("--rate", type=cli.positive(float), metavar="PER-SECOND",
+                        help="send at most this many messages per second (env REPLAY_RATE, default unlimited)")
+    replay.add_argument("--limit", type=cli.positive(int),
+                        help="stop after this many selected dead letters (a rerun continues after them)")
+    replay.add_argument("-g", "--group",
+                        help="consumer group holding the replay's progress (env REPLAY_GROUP, "
+                             "default <dlq-topic>.replayer)")
+    replay.add_argument("--from-beginning", action="store_true",
+                        help="start at the beginning of the DLQ instead of the group's position (not to "
+                             "resume an interrupted replay: that is what a plain rerun does)")
+    replay.add_argument("--batch-size", type=cli.positive(int),
+                        help="dead letters per transaction at most (default 500)")
+    replay.add_argument("--commit-interval-ms", type=cli.positive(int),
+                        help="commit a batch at least this often (default 1000)")
+    replay.add_argument("--delivery-timeout", type=cli.positive(float),
+                        help="seconds a replayed message may take to be acknowledged (env DELIVERY_TIMEOUT, "
+                             "default 30)")
+    parser.add_argument("--json", action="store_true",
+                        help="print only a JSON summary (with --dry-run it includes the listing)")
+    return parser
+
+
+def _time(raw: str):
+    return parse_time(raw)
+
+
+_time.__name__ = "ISO-8601 time"
+
+
+def _offset(raw: str):
+    return parse_offset(raw)
+
+
+_offset.__name__ = "[PARTITION:]OFFSET"
+
+
+def main(argv=None) -> int:
+    args = cli.parse_args(build_parser(), argv)
+    settings = cli.kafka_settings(args)
+    group = cli.setting(args, "group", "REPLAY_GROUP", f"{settings.dlq_topic}.replayer")
+    options = ReplayOptions(
+        selection=Selection(reason=args.reason, stage=args.stage, product=args.product,
+                            original_topic=args.original_topic, since=args.since, until=args.until,
+                            from_offsets=args.from_offset, to_offsets=args.to_offset),
+        group=group,
+        to_topic=args.to_topic,
+        max_replays=cli.setting(args, "max_replays", "REPLAY_MAX_REPLAYS", DEFAULT_MAX_REPLAYS, cli.positive(int)),
+        rate=cli.setting(args, "rate", "REPLAY_RATE", None, cli.positive(float)),
+        limit=args.limit,
+        dry_run=args.dry_run,
+        from_beginning=args.from_beginning,
+        batch_size=args.batch_size or 500,
+        commit_interval=(args.commit_interval_ms or 1000) / 1000,
+        delivery_timeout=cli.setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 30.0, cli.positive(float)),
+    )
+    validate_options(options, settings.dlq_topic)
+    admin = require_cluster(settings)
+    require_topics(admin, [settings.dlq_topic])
+    stop = cli.StopFlag().install()
+
+    def report(decision: Decision) -> None:
+        if args.dry_run and not args.json:
+            print(decision.describe(), flush=True)
+        elif not args.dry_run and decision.action != "replay":
+            cli.log.warning("%s", decision.describe())
+
+    result = Replayer(settings, options, stop=stop, on_decision=report).run()
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.text())
+    if result.held:
+        cli.log.warning("%d dead letter(s) held by the loop guard (--max-replays %d): they stay in %s",
+                        result.held, options.max_replays, settings.dlq_topic)
+    return cli.EXIT_FAILURE if stop else cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    cli.run(main)

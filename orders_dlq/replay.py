@@ -1,0 +1,554 @@
+"""Replay (redrive): send selected dead letters' original messages back to a topic, each exactly once.
+
+The replayer reads the DLQ as consumer group `<dlq-topic>.replayer` (by default) from that group's
+committed position to the end of the DLQ as it was when the run started, and works in batches.
+Each batch is one Kafka transaction of a producer whose transactional.id is derived from the group:
+
+    begin_transaction -> produce the originals -> send_offsets_to_transaction(DLQ offsets) -> commit
+
+So the republished messages and the replayer's progress become visible together or not at all: a
+replay killed at any point (even SIGKILL) sends nothing twice and skips nothing when it is rerun,
+since the rerun fences its dead predecessor (same transactional.id), which aborts its open batch.
+
+The group's position is a redrive cursor over the whole DLQ: a dead letter the selection does not
+match is passed over and the cursor moves beyond it all the same. A later replay with another
+selection in the same group does not see it again; use another --group (or --from-beginning) for
+that, and --dry-run to preview a selection. Dead letters held by the loop guard, and those that
+cannot be replayed (no original value), are passed over the same way and reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from orders_dlq.cli import KafkaSettings, Progress, StopFlag, ToolFailure, UsageError, log
+from orders_dlq.codec import DecodeError, dead_letter_codec
+from orders_dlq.dead_letter import ERROR_HEADER_PREFIXES, OUR_PREFIX, DeadLetter, DeadLetterCodec
+from orders_dlq.kafka import admin_client, reader_config, reliable_producer_config
+
+REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"  # the header aggregation.py reads back
+DEFAULT_MAX_REPLAYS = 3
+
+REPLAY, HELD, UNREPLAYABLE = "replay", "held", "unreplayable"
+
+
+def parse_time(raw: str) -> datetime:
+    """An ISO-8601 time; without a zone it is local time. Returned timezone-aware."""
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not an ISO-8601 time") from None
+    return moment if moment.tzinfo is not None else moment.astimezone()
+
+
+def parse_offset(raw: str) -> tuple[int | None, int]:
+    """'OFFSET' (every DLQ partition) or 'PARTITION:OFFSET'."""
+    partition, sep, offset = raw.strip().rpartition(":")
+    try:
+        number = int(offset)
+        where = int(partition) if sep else None
+    except ValueError:
+        raise ValueError(f"{raw!r} is not OFFSET or PARTITION:OFFSET") from None
+    if number < 0 or (where is not None and where < 0):
+        raise ValueError(f"{raw!r} must not be negative")
+    return where, number
+
+
+@dataclass
+class Selection:
+    """Which dead letters to replay; every given criterion must hold."""
+
+    reason: str | None = None           # substring of error_reason, case-insensitive
+    stage: str | None = None
+    product: str | None = None
+    original_topic: str | None = None
+    since: datetime | None = None       # error time, inclusive
+    until: datetime | None = None       # error time, exclusive
+    # DLQ offsets, inclusive: (None, n) for every partition, (p, n) for partition p only (and when
+    # only such partition-qualified bounds are given, only the partitions they name are selected).
+    from_offsets: list[tuple[int | None, int]] = field(default_factory=list)
+    to_offsets: list[tuple[int | None, int]] = field(default_factory=list)
+
+    @staticmethod
+    def _bound(bounds: list[tuple[int | None, int]], partition: int) -> int | None:
+        """The bound for a partition: a partition-qualified one wins over an unqualified one."""
+        specific = [offset for where, offset in bounds if where == partition]
+        general = [offset for where, offset in bounds if where is None]
+        return (specific or general or [None])[-1]
+
+    def in_partitions(self, partition: int) -> bool:
+        """Partition-qualified offsets (and no plain ones) limit the selection to the partitions named."""
+        bounds = self.from_offsets + self.to_offsets
+        named = {where for where, _ in bounds if where is not None}
+        return not named or any(where is None for where, _ in bounds) or partition in named
+
+    def matches(self, dead_letter: DeadLetter, partition: int, offset: int, message_time_ms: int | None) -> bool:
+        if not self.in_partitions(partition):
+            return False
+        low = self._bound(self.from_offsets, partition)
+        high = self._bound(self.to_offsets, partition)
+        if (low is not None and offset < low) or (high is not None and offset > high):
+            return False
+        if self.stage and dead_letter.error_stage != self.stage:
+            return False
+        if self.reason and self.reason.lower() not in (dead_letter.error_reason or "").lower():
+            return False
+        if self.product and dead_letter.product != self.product:
+            return False
+        if self.original_topic and dead_letter.original_topic != self.original_topic:
+            return False
+        if self.since or self.until:
+            failed_at = error_time(dead_letter, message_time_ms)
+            if failed_at is None:
+                return False
+            if self.since and failed_at < self.since:
+                return False
+            if self.until and failed_at >= self.until:
+                return False
+        return True
+
+
+def error_time(dead_letter: DeadLetter, message_time_ms: int | None) -> datetime | None:
+    """When it failed: error_timestamp, else (headers-only dead letters) when the DLQ got it."""
+    if dead_letter.error_timestamp:
+        try:
+            moment = datetime.fromisoformat(dead_letter.error_timestamp)
+            return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        except ValueError:
+            pass
+    if message_time_ms is not None and message_time_ms > 0:
+        return datetime.fromtimestamp(message_time_ms / 1000, UTC)
+    return None
+
+
+def replay_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes | None]]:
+    """The original headers without any error context, plus the new replay count."""
+    kept = [(k, v) for k, v in dead_letter.original_headers if not k.startswith(ERROR_HEADER_PREFIXES)]
+    return kept + [(REPLAY_COUNT_HEADER, str(dead_letter.replay_count + 1).encode())]
+
+
+@dataclass
+class ReplayOptions:
+    selection: Selection
+    group: str
+    to_topic: str | None = None
+    max_replays: int = DEFAULT_MAX_REPLAYS
+    rate: float | None = None           # messages per second
+    limit: int | None = None            # selected dead letters
+    dry_run: bool = False
+    from_beginning: bool = False
+    batch_size: int = 500
+    commit_interval: float = 1.0
+    delivery_timeout: float = 30.0
+    idle_timeout: float = 60.0          # no DLQ message at all for this long: give up
+
+
+@dataclass
+class Decision:
+    """What the replay does (or, dry run, would do) with one selected dead letter."""
+
+    position: str
+    action: str
+    dead_letter: DeadLetter
+    target: str | None = None
+    why: str = ""
+
+    def to_json(self) -> dict:
+        return {"position": self.position, "action": self.action, "target": self.target,
+                "why": self.why or None, "original_topic": self.dead_letter.original_topic,
+                "order_id": self.dead_letter.order_id, "product": self.dead_letter.product,
+                "error_stage": self.dead_letter.error_stage, "error_reason": self.dead_letter.error_reason,
+                "replay_count": self.dead_letter.replay_count}
+
+    def describe(self) -> str:
+        letter = self.dead_letter
+        if self.action == REPLAY:
+            what = f"replay -> {self.target}"
+        else:
+            what = f"{self.action} ({self.why})"
+        return (f"{self.position}  {what}  order {letter.order_id or '-'}  product {letter.product or '-'}  "
+                f"stage {letter.error_stage}  replays {letter.replay_count}  reason: {letter.error_reason}")
+
+
+@dataclass
+class ReplayResult:
+    dry_run: bool
+    group: str
+    dlq_topic: str
+    scanned: int = 0
+    selected: int = 0
+    replayed: int = 0          # confirmed: committed in a transaction together with the cursor
+    would_replay: int = 0      # dry run only
+    skipped: int = 0           # did not match the selection
+    held: int = 0              # loop guard
+    unreplayable: int = 0      # selected, but nothing to send (no original value)
+    unreadable: int = 0        # not a dead letter at all
+    targets: dict[str, int] = field(default_factory=dict)
+    held_at: list[str] = field(default_factory=list)
+    unreplayable_at: list[str] = field(default_factory=list)
+    listing: list[Decision] = field(default_factory=list)
+    reached_end: bool = False
+    stopped_by: str | None = None
+    elapsed_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        data = {name: getattr(self, name) for name in (
+            "dry_run", "group", "dlq_topic", "scanned", "selected", "replayed", "would_replay", "skipped", "held",
+            "unreplayable", "unreadable", "targets", "held_at", "unreplayable_at", "reached_end", "stopped_by")}
+        data["elapsed_seconds"] = round(self.elapsed_seconds, 3)
+        if self.dry_run:
+            data["listing"] = [decision.to_json() for decision in self.listing]
+        return data
+
+    def text(self) -> str:
+        sent = f"would replay {self.would_replay}" if self.dry_run else f"replayed {self.replayed}"
+        lines = [f"{'dry run: ' if self.dry_run else ''}scanned {self.scanned} message(s) of {self.dlq_topic} "
+                 f"as group {self.group}: selected {self.selected}, {sent}, held {self.held} (loop guard), "
+                 f"unreplayable {self.unreplayable}, skipped {self.skipped} (not selected)"
+                 + (f", unreadable {self.unreadable}" if self.unreadable else "")]
+        lines += [f"  {count:>7}  -> {topic}" for topic, count in sorted(self.targets.items())]
+        if not self.reached_end:
+            lines.append(f"stopped before the end of the DLQ ({self.stopped_by}); "
+                         + ("run again to preview the rest" if self.dry_run else "run again to continue"))
+        return "\n".join(lines)
+
+
+class Replayer:
+    def __init__(self, settings: KafkaSettings, options: ReplayOptions, stop: StopFlag | None = None,
+                 on_decision: Callable[[Decision], None] | None = None):
+        self.settings = settings
+        self.options = options
+        self.stop = stop if stop is not None else StopFlag()  # not `or`: an unset StopFlag is falsy
+        self.on_decision = on_decision
+        self.dlq_topic = settings.dlq_topic
+        self.codec = DeadLetterCodec(dead_letter_codec())
+        self.admin = admin_client(settings)
+        self.target_partitions: dict[str, int] = {}
+        self.result = ReplayResult(options.dry_run, options.group, settings.dlq_topic)
+        self.consumer = Consumer(reader_config(settings, options.group))
+        self.producer: Producer | None = None
+        if not options.dry_run:
+            self.producer = Producer(reliable_producer_config(settings, options.delivery_timeout, **{
+                # Stable per group: a rerun fences a killed replayer and aborts its open batch at once.
+                "transactional.id": transactional_id(options.group),
+                "transaction.timeout.ms": 60000,
+            }))
+        # The open batch (one transaction).
+        self.in_transaction = False
+        self.batch_started = 0.0
+        self.batch_messages = 0
+        self.batch_offsets: dict[int, int] = {}
+        self.batch_targets: dict[str, int] = {}
+        self.batch_held: list[str] = []
+        self.batch_unreplayable: list[str] = []
+        self.batch_counts = dict.fromkeys(("scanned", "selected", "replayed", "would_replay", "skipped", "held",
+                                           "unreplayable", "unreadable"), 0)
+        self.delivery_errors: list[str] = []
+        self.pace_started: float | None = None
+        self.paced = 0
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def run(self) -> ReplayResult:
+        started = time.monotonic()
+        try:
+            if self.producer is not None:
+                try:
+                    self.producer.init_transactions(30)
+                except KafkaException as exc:
+                    raise ToolFailure(f"cannot start a Kafka transaction for the replay "
+                                      f"({exc.args[0].str()})") from None
+            if self.options.to_topic:
+                self._target_partitions(self.options.to_topic)
+            self._loop(*self._bounds())
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            raise ToolFailure(f"the replay stopped on a Kafka error ({error.str() if error else exc}); nothing "
+                              "of the open batch was sent and a rerun continues where this one stopped") from None
+        finally:
+            self.result.elapsed_seconds = time.monotonic() - started
+            self.close()
+        return self.result
+
+    def close(self) -> None:
+        if self.in_transaction and self.producer is not None:
+            try:
+                self.producer.abort_transaction(10)
+            except KafkaException:
+                pass
+            self.in_transaction = False
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing the DLQ reader: %s", exc)
+
+    def _bounds(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Where each DLQ partition starts (the group's cursor) and ends (its end right now)."""
+        metadata = self.consumer.list_topics(self.dlq_topic, timeout=10).topics.get(self.dlq_topic)
+        if metadata is None or metadata.error is not None:
+            raise ToolFailure(f"topic {self.dlq_topic} does not exist: run `python setup_dlq.py` first")
+        partitions = sorted(metadata.partitions)
+        try:
+            committed = {} if self.options.from_beginning else {
+                tp.partition: tp.offset
+                for tp in self.consumer.committed([TopicPartition(self.dlq_topic, p) for p in partitions],
+                                                  timeout=30)}
+            starts, ends = {}, {}
+            for partition in partitions:
+                low, high = self.consumer.get_watermark_offsets(TopicPartition(self.dlq_topic, partition),
+                                                                timeout=10)
+                start = committed.get(partition, -1)
+                if start > high:
+                    log.warning("group %s is at %s[%d]@%d, beyond its end %d (was the DLQ recreated? "
+                                "--from-beginning starts over)", self.options.group, self.dlq_topic, partition,
+                                start, high)
+                starts[partition] = max(start, low)
+                ends[partition] = high
+        except KafkaException as exc:
+            raise ToolFailure(f"cannot read the position of group {self.options.group} on {self.dlq_topic}: "
+                              f"{exc.args[0].str()}") from None
+        log.info("%s %s as group %s: %s", "previewing" if self.options.dry_run else "replaying", self.dlq_topic,
+                 self.options.group,
+                 ", ".join(f"[{p}] {starts[p]}..{ends[p]}" for p in partitions) or "no partitions")
+        return starts, ends
+
+    def _loop(self, starts: dict[int, int], ends: dict[int, int]) -> None:
+        pending = {p for p in starts if starts[p] < ends[p]}
+        total = sum(max(0, ends[p] - starts[p]) for p in starts)
+        progress = Progress(total, "dry run" if self.options.dry_run else "replaying")
+        if pending:
+            self.consumer.assign([TopicPartition(self.dlq_topic, p, starts[p]) for p in sorted(pending)])
+        last_message = time.monotonic()
+        try:
+            while pending and not self.result.stopped_by:
+                if self.stop:
+                    self.result.stopped_by = f"{self.stop.signal_name or 'stop'} received"
+                    break
+                messages = self.consumer.consume(self.options.batch_size, timeout=0.2)
+                if messages:
+                    last_message = time.monotonic()
+                elif time.monotonic() - last_message > self.options.idle_timeout:
+                    raise ToolFailure(f"no message from {self.dlq_topic} for {self.options.idle_timeout:g}s "
+                                      f"although partition(s) {sorted(pending)} are not read to their end")
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(message.partition())
+                            continue
+                        if error.fatal():
+                            raise ToolFailure(f"reading {self.dlq_topic}: {error.str()}")
+                        log.warning("reading %s: %s", self.dlq_topic, error.str())
+                        continue
+                    partition = message.partition()
+                    if partition not in pending:
+                        continue
+                    if message.offset() >= ends[partition]:
+                        pending.discard(partition)  # arrived after the start: the next replay's work
+                        continue
+                    self._handle(message)
+                    progress.update(self.result.scanned + self.batch_counts["scanned"])
+                    if self.stop or self.result.stopped_by or self._batch_due():
+                        self._commit()
+                    if self.stop or self.result.stopped_by:
+                        break
+                if self._batch_due(idle=not messages):
+                    self._commit()
+            self._commit()
+            self.result.reached_end = not pending
+        finally:
+            progress.update(self.result.scanned, force=True)
+            progress.close()
+
+    # -- one dead letter --------------------------------------------------------------------------
+
+    def _handle(self, message) -> None:
+        partition, offset = message.partition(), message.offset()
+        position = f"{self.dlq_topic}[{partition}]@{offset}"
+        try:
+            dead_letter = self.codec.decode_message(message.value(), message.headers(), message.key(),
+                                                    self.dlq_topic)
+        except (DecodeError, ValueError, TypeError, KeyError) as exc:
+            log.warning("%s is not a dead letter (%s): passed over", position, exc)
+            self._record(partition, offset, "unreadable")
+            self.batch_unreplayable.append(position)
+            return
+        timestamp_type, timestamp = message.timestamp()
+        if not self.options.selection.matches(dead_letter, partition, offset,
+                                              timestamp if timestamp_type else None):
+            self._record(partition, offset, "skipped")
+            return
+        decision = self._decide(dead_letter, position)
+        if decision.action == REPLAY and not self.options.dry_run:
+            self._target_partitions(decision.target)
+            self._pace()
+            if self.stop:
+                return  # neither sent nor passed: the next run starts with this one
+            self._open_batch()
+            self._send(dead_letter, decision.target)
+        if decision.action == REPLAY:
+            self._record(partition, offset, "would_replay" if self.options.dry_run else "replayed", selected=True)
+            self.batch_targets[decision.target] = self.batch_targets.get(decision.target, 0) + 1
+        elif decision.action == HELD:
+            self._record(partition, offset, "held", selected=True)
+            self.batch_held.append(position)
+        else:
+            self._record(partition, offset, "unreplayable", selected=True)
+            self.batch_unreplayable.append(position)
+        if self.options.dry_run:
+            self.result.listing.append(decision)
+        if self.on_decision:
+            self.on_decision(decision)
+        limit = self.options.limit
+        if limit and self.result.selected + self.batch_counts["selected"] >= limit:
+            self.result.stopped_by = f"--limit {limit} reached"
+
+    def _record(self, partition: int, offset: int, outcome: str, selected: bool = False) -> None:
+        """Count one DLQ message into the open batch; its offset moves the cursor when the batch commits."""
+        self._open_batch()
+        self.batch_offsets[partition] = offset + 1
+        self.batch_messages += 1
+        self.batch_counts["scanned"] += 1
+        self.batch_counts["selected"] += selected
+        self.batch_counts[outcome] += 1
+
+    def _decide(self, dead_letter: DeadLetter, position: str) -> Decision:
+        if dead_letter.original_value is None:
+            return Decision(position, UNREPLAYABLE, dead_letter, why="no original value to send")
+        if dead_letter.replay_count >= self.options.max_replays:
+            return Decision(position, HELD, dead_letter,
+                            why=f"replayed {dead_letter.replay_count} time(s) already, --max-replays "
+                                f"{self.options.max_replays}")
+        return Decision(position, REPLAY, dead_letter, target=self.options.to_topic or dead_letter.original_topic)
+
+    def _send(self, dead_letter: DeadLetter, topic: str) -> None:
+        partitions = self._target_partitions(topic)
+        extra = {}
+        # Back where it came from: keeps the key's partition whatever partitioner the original producer used.
+        if (topic == dead_letter.original_topic and dead_letter.original_partition is not None
+                and 0 <= dead_letter.original_partition < partitions):
+            extra["partition"] = dead_letter.original_partition
+        if dead_letter.original_timestamp is not None and dead_letter.original_timestamp > 0:
+            extra["timestamp"] = dead_letter.original_timestamp
+        while True:
+            try:
+                self.producer.produce(topic, value=dead_letter.original_value, key=dead_letter.original_key,
+                                      headers=replay_headers(dead_letter), on_delivery=self._on_delivery, **extra)
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def _on_delivery(self, error, message) -> None:
+        if error is not None:
+            self.delivery_errors.append(f"{message.topic()}: {error.str()}")
+
+    def _pace(self) -> None:
+        """--rate: send on a schedule (token pacing), so slow moments do not lower the rate."""
+        rate = self.options.rate
+        if not rate:
+            return
+        now = time.monotonic()
+        if self.pace_started is None:
+            self.pace_started = now
+        due = self.pace_started + self.paced / rate
+        if due > now and self.batch_messages and due - self.batch_started >= self.options.commit_interval:
+            self._commit()  # do not keep what is already sent invisible while waiting
+        while now < due and not self.stop:
+            self.producer.poll(min(due - now, 0.2))
+            now = time.monotonic()
+        self.paced += 1
+
+    def _target_partitions(self, topic: str) -> int:
+        count = self.target_partitions.get(topic)
+        if count is None:
+            try:
+                metadata = self.admin.list_topics(topic, timeout=10).topics.get(topic)
+            except KafkaException as exc:
+                raise ToolFailure(f"cannot look up the replay target {topic}: {exc.args[0].str()}") from None
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                raise ToolFailure(f"the replay target topic {topic} does not exist; nothing of this batch "
+                                  "was sent (create it, or choose another with --to)")
+            count = self.target_partitions[topic] = len(metadata.partitions)
+        return count
+
+    # -- batches ----------------------------------------------------------------------------------
+
+    def _open_batch(self) -> None:
+        if self.batch_messages:
+            return
+        self.batch_started = time.monotonic()
+        if self.producer is not None and not self.in_transaction:
+            self.producer.begin_transaction()
+            self.in_transaction = True
+
+    def _batch_due(self, idle: bool = False) -> bool:
+        if not self.batch_messages:
+            return False
+        return (idle or self.batch_messages >= self.options.batch_size
+                or time.monotonic() - self.batch_started >= self.options.commit_interval)
+
+    def _commit(self) -> None:
+        """Make the batch's messages and the cursor visible together, then count it as done."""
+        if not self.batch_messages:
+            return
+        if self.producer is not None:
+            offsets = [TopicPartition(self.dlq_topic, p, o) for p, o in sorted(self.batch_offsets.items())]
+            try:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+                self.producer.commit_transaction(self.options.delivery_timeout + 30)
+            except KafkaException as exc:
+                self._fail(exc)
+            self.in_transaction = False
+            if self.delivery_errors:  # cannot happen after a successful commit; be loud if it does
+                raise ToolFailure(f"a replayed message was not delivered: {self.delivery_errors[0]}")
+        for name, count in self.batch_counts.items():
+            setattr(self.result, name, getattr(self.result, name) + count)
+            self.batch_counts[name] = 0
+        for topic, count in self.batch_targets.items():
+            self.result.targets[topic] = self.result.targets.get(topic, 0) + count
+        self.result.held_at += self.batch_held
+        self.result.unreplayable_at += self.batch_unreplayable
+        self.batch_targets, self.batch_held, self.batch_unreplayable = {}, [], []
+        self.batch_offsets.clear()
+        self.batch_messages = 0
+
+    def _fail(self, exc: KafkaException) -> None:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        reason = error.str() if error is not None else str(exc)
+        if self.delivery_errors:
+            reason = f"{reason}; first delivery error: {self.delivery_errors[0]}"
+        if error is not None and error.fatal():
+            self.in_transaction = False
+            raise ToolFailure(f"the replay was fenced or hit a fatal error ({reason}); another replay with "
+                              f"group {self.options.group} may be running. Nothing of the last batch was sent; "
+                              "a rerun continues where this one stopped") from None
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException:
+            pass
+        self.in_transaction = False
+        raise ToolFailure(f"the replay batch could not be committed ({reason}); nothing of it was sent and "
+                          "a rerun continues where this one stopped") from None
+
+
+def transactional_id(group: str) -> str:
+    return f"{group}.replay"
+
+
+def validate_options(options: ReplayOptions, dlq_topic: str) -> None:
+    if options.to_topic == dlq_topic:
+        raise UsageError(f"--to {dlq_topic} would replay the DLQ into itself")
+    selection = options.selection
+    if selection.since and selection.until and selection.since >= selection.until:
+        raise UsageError("--since must be before --until")
+    highs = dict(selection.to_offsets)
+    for where, low in selection.from_offsets:
+        if where in highs and low > highs[where]:
+            raise UsageError(f"--from-offset {low} is after --to-offset {highs[where]}"
+                             + (f" for partition {where}" if where is not None else ""))

@@ -1,0 +1,108 @@
+"""Kafka itself fails: a broker of three dies, the whole cluster is down, a drain is killed half way."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+import kafka_local
+from conftest import Pipeline, Scripts, assert_dead_lettered_exactly_once, assert_summary_matches_truth, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def spool_rows(path) -> tuple[int, int]:
+    """(rows, rows a drain has started sending) in a spool file, read the way an operator could."""
+    if not path.exists():
+        return 0, 0
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COUNT(*), COUNT(sending_since) FROM dead_letters").fetchone()
+
+
+def dlq_size(pipeline: Pipeline) -> int:
+    return len(pipeline.read(pipeline.dlq_topic))
+
+
+@pytest.mark.slow
+def test_three_brokers_one_killed_while_producing_and_consuming_loses_nothing(tmp_path):
+    cluster = kafka_local.LocalKafka(tmp_path / "cluster", brokers=3, base_port=0)
+    cluster.start(timeout=180)
+    try:
+        scripts = Scripts(cluster.bootstrap, tmp_path)
+        pipeline = Pipeline(cluster.bootstrap, scripts)
+        pipeline.setup("--replication-factor", 3)
+        consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--instance-id", "solo",
+                                 "--idle-timeout", 20, "--json", "--print-interval", 0)
+        # Delivery attempts long enough to ride out a leader election: librdkafka's own
+        # (idempotent, duplicate-free) retries do the work, not the application's.
+        producer = scripts.spawn("producer.py", "--count", 20000, "--rate", 2500, "--poison-ratio", 0.002,
+                                 "--delivery-timeout", 60, "--seed", 13, "--json")
+        wait_for(lambda: sum(max(o, 0) for o in pipeline.committed().values()) > 3000, 90, "progress")
+        cluster.kill_broker(1)
+
+        assert producer.wait(240) == 0, producer.stderr()[-2000:]
+        assert consumer.wait(240) == 0, consumer.stderr()[-2000:]
+        sent = json.loads(producer.stdout())
+        summary = json.loads(consumer.stdout())
+        messages = pipeline.read(pipeline.topic)
+        truth = pipeline.truth()
+        letters = pipeline.dead_letters()
+    finally:
+        cluster.stop()
+    assert sent["sent"] == 20000 and sent["dead_lettered"] == sent["spooled"] == 0
+    keys = [m.key() for m in messages]
+    assert len(keys) == len(set(keys)) == 20000, "an order was lost or written twice"
+    assert_summary_matches_truth(summary, truth)
+    assert_dead_lettered_exactly_once(letters, truth)
+
+
+def test_drain_killed_half_way_then_rerun_delivers_each_dead_letter_once(private_kafka, tmp_path):
+    scripts = Scripts(private_kafka.bootstrap, tmp_path)
+    pipeline = Pipeline(private_kafka.bootstrap, scripts)
+    pipeline.setup()
+    spool = tmp_path / "spool.sqlite3"
+    env = {"DLQ_SPOOL": str(spool)}
+    private_kafka.stop()
+    scripts.run("producer.py", "--count", 3000, "--delivery-timeout", 1, "--retry-backoff-ms", 10,
+                "--max-attempts", 1, env=env, expect=1, timeout=120)
+    assert spool_rows(spool) == (3000, 0)
+    private_kafka.start(timeout=120)
+
+    drain = scripts.spawn("dlq_producer.py", "--flush-spool", env=env)
+    wait_for(lambda: dlq_size(pipeline) > 0 or not drain.running(), 60, "the drain to deliver something")
+    drain.kill()
+    rows, marked = spool_rows(spool)
+    delivered_before_kill = dlq_size(pipeline)
+
+    result = scripts.json("dlq_producer.py", "--flush-spool", env=env)
+
+    assert result["remaining"] == 0 and spool_rows(spool) == (0, 0)
+    assert result["sent"] + result["already_in_kafka"] == rows
+    letters = pipeline.dead_letters()
+    assert len(letters) == 3000, f"{len(letters)} dead letters (killed with {rows} rows left, {marked} marked, " \
+                                 f"{delivered_before_kill} delivered)"
+    assert len({letter["order_id"] for letter in letters}) == 3000
+    assert all(letter["error_stage"] == "produce" and letter["retry_count"] == 1 for letter in letters)
+
+
+def test_spool_drains_by_itself_when_a_tool_next_starts_with_the_broker_up(private_kafka, tmp_path):
+    scripts = Scripts(private_kafka.bootstrap, tmp_path)
+    pipeline = Pipeline(private_kafka.bootstrap, scripts)
+    pipeline.setup()
+    private_kafka.stop()
+    down = json.loads(scripts.run("producer.py", "--count", 12, "--delivery-timeout", 1, "--json",
+                                  expect=1, timeout=90).stdout)
+    assert down["spooled"] == 12
+    private_kafka.start(timeout=120)
+
+    up = scripts.json("producer.py", "--count", 5)
+
+    assert up["sent"] == 5
+    letters = pipeline.dead_letters()
+    assert len(letters) == 12 and {letter["error_stage"] for letter in letters} == {"produce"}
+    assert spool_rows(tmp_path / "dlq-spool.sqlite3") == (0, 0)
+    summary = pipeline.consume()
+    assert summary["processed"] == 5
+    assert_summary_matches_truth(summary, pipeline.truth())
