@@ -67,7 +67,7 @@ def running_average_printer(interval: float):
         if now - last[0] < interval:
             return
         totals = aggregator.totals()
-        if totals.processed + totals.dead_lettered == last[1]:
+        if totals.processed + totals.dead_lettered in (0, last[1]):
             return
         last[:] = [now, totals.processed + totals.dead_lettered]
         average = totals.overall.average

@@ -21,8 +21,8 @@ EXAMPLE = "python dlq_producer.py --flush-spool"
 
 
 def add_spool_argument(parser) -> None:
-    parser.add_argument("--spool", metavar="PATH",
-                        help=f"local file for dead letters Kafka cannot take (env DLQ_SPOOL, default {DEFAULT_SPOOL_PATH})")
+    parser.add_argument("--spool", metavar="PATH", help="local file for dead letters Kafka cannot take "
+                                                        f"(env DLQ_SPOOL, default {DEFAULT_SPOOL_PATH})")
 
 
 def open_spool(args) -> Spool:

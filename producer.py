@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     stop = cli.StopFlag().install()
 
     dead_letters = DeadLetterProducer(settings, spool=spool, delivery_timeout=delivery_timeout)
-    if cluster_reachable(settings, timeout=5):
+    if cluster_reachable(settings, timeout=3):
         require_topics(admin_client(settings), [settings.topic, settings.dlq_topic])
         drain_if_pending(dead_letters)
     else:

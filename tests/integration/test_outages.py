@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import pytest
-
 import kafka_local
+import pytest
 from conftest import Pipeline, Scripts, assert_dead_lettered_exactly_once, assert_summary_matches_truth, wait_for
 
 pytestmark = pytest.mark.integration

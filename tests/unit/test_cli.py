@@ -156,7 +156,8 @@ def test_x_with_empty_key_does_not_echo_the_value(env):
 
 def test_kafka_client_config_error_names_the_variable(env):
     env.setenv("KAFKA_CLIENT_CONFIG", "acks=all,oops")
-    with pytest.raises(UsageError, match=r"^item 2 of KAFKA_CLIENT_CONFIG \(comma-separated; use -X for values with commas\) is not of the form KEY=VALUE$"):
+    expected = r"^item 2 of KAFKA_CLIENT_CONFIG \(comma-separated; use -X for values with commas\) is not of the form"
+    with pytest.raises(UsageError, match=expected):
         kafka_settings(args_of())
 
 
