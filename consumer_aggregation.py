@@ -7,13 +7,13 @@ import json
 import time
 
 from dlq_producer import DeadLetterProducer, add_spool_argument, open_spool
-from orders_dlq import cli
+from orders_dlq import cli, metrics
 from orders_dlq.aggregation import EXACTLY_ONCE, GUARANTEES, OrderAggregator, read_states
 from orders_dlq.dlq import drain_if_pending
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.orders import CATALOGUE
 from orders_dlq.retry import add_retry_arguments, retry_policy
-from orders_dlq.stats import Aggregate, combine
+from orders_dlq.stats import Aggregate, LatencyReservoir, combine
 
 EXAMPLE = "python consumer_aggregation.py --idle-timeout 10     # stop after 10 s without orders"
 DEFAULT_GROUP = "order-aggregation-consumers"
@@ -39,10 +39,14 @@ def build_parser():
     parser.add_argument("--batch-size", type=cli.positive(int), help="messages per consume call (default 1000)")
     parser.add_argument("--print-interval", type=cli.non_negative(float), default=1.0, metavar="SECONDS",
                         help="print the running average at most this often (0 = never; default 1)")
+    parser.add_argument("--latency", action="store_true",
+                        help="sample each order's creation-to-aggregation time (bounded memory) and print "
+                             "p50/p99 in ms (--json: under latency_ms)")
     parser.add_argument("--report", action="store_true",
                         help="print the combined totals of all instances from the changelog and exit")
     add_retry_arguments(parser)
     add_spool_argument(parser)
+    metrics.add_metrics_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     return parser
 
@@ -80,10 +84,14 @@ def main(argv=None) -> int:
     args = cli.parse_args(build_parser(), argv)
     settings = cli.kafka_settings(args)
     group = cli.setting(args, "group", "CONSUMER_GROUP", DEFAULT_GROUP)
-    state_topic = cli.setting(args, "state_topic", "STATE_TOPIC", f"{settings.topic}.aggregates")
+    if not group:
+        raise cli.UsageError("-g/--group (CONSUMER_GROUP) must not be empty")
+    state_topic = cli.state_topic_setting(args, settings)
     guarantee = cli.setting(args, "guarantee", "GUARANTEE", EXACTLY_ONCE, _guarantee)
     products = cli.setting(args, "products", "PRODUCTS", ",".join(CATALOGUE))
     products = [p.strip() for p in products.split(",") if p.strip()]
+    if not products:
+        raise cli.UsageError("--products (PRODUCTS) names no product: every order would be dead-lettered")
     commit_ms = cli.setting(args, "commit_interval_ms", "COMMIT_INTERVAL_MS", 100, cli.positive(int))
     instance_id = cli.setting(args, "instance_id", "INSTANCE_ID", None)
     policy = retry_policy(args)
@@ -97,21 +105,30 @@ def main(argv=None) -> int:
         return cli.EXIT_OK
 
     require_topics(admin, [settings.topic, settings.dlq_topic, state_topic])
+    serving = metrics.serve(args, metrics.CONSUMER)
     drain_if_pending(DeadLetterProducer(settings, spool=spool))
+    metrics.SPOOL_SIZE.set(spool.count())
     stop = cli.StopFlag().install()
     aggregator = OrderAggregator(
         settings, group=group, state_topic=state_topic, guarantee=guarantee, retry=policy,
         instance_id=instance_id, products=products, commit_interval=commit_ms / 1000,
-        batch_size=args.batch_size or 1000, stop=stop)
+        batch_size=args.batch_size or 1000, stop=stop, latency=LatencyReservoir() if args.latency else None)
     cli.log.info("consuming %s as group %s (%s)", settings.topic, group, guarantee)
     printer = running_average_printer(args.print_interval) if args.print_interval and not args.json else None
+    if serving:
+        printer = metrics.ConsumerMetrics(then=printer)
     started = time.monotonic()
     aggregate = aggregator.run(max_messages=args.max_messages, idle_timeout=args.idle_timeout, on_batch=printer)
     elapsed = time.monotonic() - started
     handled = aggregator.run_processed + aggregator.run_dead_lettered
     cli.log.info("this run: %d orders aggregated, %d dead-lettered in %.1fs (%.0f/s)", aggregator.run_processed,
                  aggregator.run_dead_lettered, elapsed, handled / elapsed if elapsed else 0)
-    print(json.dumps(aggregate.summary()) if args.json else summary_text(aggregate))
+    summary = aggregate.summary()
+    if aggregator.latency is not None:
+        summary["latency_ms"] = aggregator.latency.summary()
+        cli.log.info("creation -> aggregation latency: p50 %s ms, p99 %s ms (%d orders)",
+                     summary["latency_ms"]["p50"], summary["latency_ms"]["p99"], aggregator.latency.count)
+    print(json.dumps(summary) if args.json else summary_text(aggregate))
     return cli.EXIT_OK
 
 

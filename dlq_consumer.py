@@ -3,63 +3,81 @@
 
 Reads from the beginning without committing anything, so it never moves another monitor's
 position. Understands our Avro dead letters and those of Spring Kafka / Kafka Connect (headers).
+
+--follow keeps watching: counts by stage and reason, the rate of new dead letters (per minute
+over the last minute), the age of the oldest and newest, and their share of all orders (estimated
+from the orders topic's offsets; see orders_dlq/monitor.py). On a terminal the view is redrawn in
+place every --refresh seconds; otherwise each new dead letter and one status line per refresh are
+printed as plain lines. It ends on Ctrl+C/SIGTERM, after --duration seconds or at --limit.
+
+--alert-threshold RATIO checks the share after reading (with --follow: at every refresh) and
+prints one ALERT line on stderr and exits 3 when it is exceeded, for cron or CI.
+Exit codes: 0 ok, 1 runtime error (broker, topic), 2 usage error, 3 alert.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 import uuid
-from datetime import datetime
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from orders_dlq import cli
+from orders_dlq import cli, metrics
 from orders_dlq.codec import DecodeError, dead_letter_codec
-from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec
+from orders_dlq.dead_letter import STAGES, DeadLetter, DeadLetterCodec
 from orders_dlq.kafka import read_to_end, reader_config, require_cluster, require_topics
-from orders_dlq.stats import DeadLetterStats
+from orders_dlq.monitor import (
+    CLEAR_SCREEN,
+    EXIT_ALERT,
+    RATE_WINDOW,
+    Monitor,
+    alert_message,
+    describe_line,
+    topic_count,
+)
+from orders_dlq.replay import Selection, error_time, parse_time
 
 EXAMPLE = "python dlq_consumer.py --stage validate --json"
 
 
 def build_parser():
     parser = cli.build_parser(__doc__.splitlines()[0], EXAMPLE)
-    parser.add_argument("--follow", action="store_true", help="keep monitoring; refresh the statistics")
-    parser.add_argument("--reason", help="only dead letters whose reason contains this text")
-    parser.add_argument("--stage", choices=("produce", "deserialize", "validate", "process"), help="only this stage")
-    parser.add_argument("--product", help="only this product")
-    parser.add_argument("--since", type=_timestamp, metavar="ISO-TIME",
-                        help="only dead letters that failed at or after this time, e.g. 2026-11-28T09:00")
+    parser.add_argument("--follow", action="store_true",
+                        help="keep monitoring: a live view on a terminal, plain lines otherwise")
+    select = parser.add_argument_group("selection (all given criteria must hold)")
+    select.add_argument("--reason", help="only dead letters whose reason contains this text (case-insensitive)")
+    select.add_argument("--stage", choices=STAGES, help="only this stage")
+    select.add_argument("--product", help="only this product")
+    select.add_argument("--original-topic", metavar="TOPIC", help="only dead letters that came from this topic")
+    select.add_argument("--since", type=_time, metavar="ISO-TIME",
+                        help="only dead letters that failed at or after this time, e.g. 2026-11-28T09:00 "
+                             "(local time without a zone; 2026-11-28T08:00Z or +01:00 name one)")
+    select.add_argument("--until", type=_time, metavar="ISO-TIME",
+                        help="only dead letters that failed before this time")
     parser.add_argument("--limit", type=cli.positive(int), help="stop after this many matching dead letters")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print only the statistics, as JSON")
+    output.add_argument("--json", action="store_true",
+                        help="print only the statistics, as JSON (with --follow: one line per refresh)")
     output.add_argument("--jsonl", action="store_true", help="print each dead letter as one JSON line")
     parser.add_argument("--refresh", type=cli.positive(float), default=5.0, metavar="SECONDS",
-                        help="with --follow: how often the statistics are printed (default 5)")
+                        help="with --follow: how often the view is redrawn (default 5)")
+    parser.add_argument("--duration", type=cli.positive(float), metavar="SECONDS",
+                        help="with --follow: stop after this many seconds")
+    parser.add_argument("--alert-threshold", type=cli.ratio, metavar="RATIO",
+                        help="exit 3 with an ALERT line on stderr when dead letters exceed this share of all "
+                             "orders, e.g. 0.05 for 5%% (with --follow: checked at every refresh)")
+    metrics.add_metrics_argument(parser)
     return parser
 
 
-def _timestamp(raw: str) -> str:
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValueError(f"{raw!r} is not an ISO-8601 time") from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()
-    return moment.isoformat()
+def _time(raw: str):
+    return parse_time(raw)
 
 
-def matches(dead_letter: DeadLetter, args) -> bool:
-    if args.stage and dead_letter.error_stage != args.stage:
-        return False
-    if args.reason and args.reason.lower() not in dead_letter.error_reason.lower():
-        return False
-    if args.product and dead_letter.product != args.product:
-        return False
-    if args.since and (dead_letter.error_timestamp or "") < args.since:
-        return False
-    return True
+_time.__name__ = "ISO-8601 time"
 
 
 def as_json(dead_letter: DeadLetter, message) -> dict:
@@ -95,63 +113,193 @@ def stats_text(summary: dict) -> str:
     return "\n".join(lines)
 
 
+class DlqMonitor:
+    """One run of dlq_consumer.py: reads the DLQ, selects, counts and prints."""
+
+    def __init__(self, args, settings: cli.KafkaSettings, partitions: int, stop: cli.StopFlag):
+        self.args = args
+        self.settings = settings
+        self.stop = stop
+        self.codec = DeadLetterCodec(dead_letter_codec())
+        self.selection = Selection(reason=args.reason, stage=args.stage, product=args.product,
+                                   original_topic=args.original_topic, since=args.since, until=args.until)
+        self.monitor = Monitor(settings.topic, RATE_WINDOW)
+        self.consumer = Consumer(reader_config(settings, f"dlq-monitor-{uuid.uuid4()}"))
+        # Offsets are asked on a client of their own: on the reading one each request would wait
+        # behind the fetch long-polls of the assigned partitions (up to fetch.wait.max.ms each).
+        self.counter = Consumer(reader_config(settings, f"dlq-monitor-{uuid.uuid4()}"))
+        self.start = [TopicPartition(settings.dlq_topic, p, 0) for p in range(partitions)]
+        self.unreadable = 0
+        # Redraw in place only on a terminal: never an escape sequence into a pipe or a file.
+        self.terminal = args.follow and not (args.json or args.jsonl) and sys.stdout.isatty()
+        self.count_warned = False
+        self.count_error: str | None = None
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def handle(self, message) -> bool:
+        """Decode, select, count and print one DLQ message; True when --limit is reached."""
+        try:
+            dead_letter = self.codec.decode_message(message.value(), message.headers(), message.key(),
+                                                    self.settings.dlq_topic)
+        except (DecodeError, ValueError, TypeError, KeyError) as exc:
+            self.unreadable += 1
+            cli.log.warning("%s[%d]@%d is not a dead letter: %s", message.topic(), message.partition(),
+                            message.offset(), exc)
+            return False
+        timestamp_type, timestamp = message.timestamp()
+        message_time = timestamp if timestamp_type else None
+        if not self.selection.matches(dead_letter, message.partition(), message.offset(), message_time):
+            return False
+        failed_at = error_time(dead_letter, message_time)
+        line = describe_line(dead_letter, message.partition(), message.offset(), failed_at) \
+            if self.args.follow else ""
+        self.monitor.add(dead_letter, failed_at, time.time(), line)
+        if self.args.jsonl:
+            print(json.dumps(as_json(dead_letter, message)), flush=True)
+        elif self.args.json or self.terminal:
+            pass
+        elif self.args.follow:
+            print(line, flush=True)
+        else:
+            print(describe(dead_letter, message))
+        return bool(self.args.limit and self.monitor.stats.total >= self.args.limit)
+
+    def count_orders(self) -> None:
+        """The orders topic's size (and what retention deleted of it and of the DLQ), from watermarks."""
+        try:
+            self.monitor.orders = topic_count(self.counter, self.settings.topic)
+            dlq = topic_count(self.counter, self.settings.dlq_topic)
+            self.monitor.dlq_deleted = dlq.deleted if dlq else 0
+        except KafkaException as exc:
+            # Keep the last known figures: a monitor survives a broker blip.
+            self.count_error = f"cannot read the offsets of {self.settings.topic}: {exc.args[0].str()}"
+            if not self.count_warned:
+                cli.log.warning("%s", self.count_error)
+            self.count_warned = True
+            return
+        missing = f"the orders topic {self.settings.topic} does not exist"
+        self.count_error = None if self.monitor.orders is not None else missing
+
+    def read_all(self) -> None:
+        for message in read_to_end(self.consumer, self.start, timeout=120):
+            if self.handle(message):
+                break
+        self.count_orders()
+
+    def follow(self) -> int:
+        """Watch until a signal, --duration or --limit; returns EXIT_ALERT at the first alert."""
+        args = self.args
+        self.consumer.assign(self.start)
+        started = time.monotonic()
+        deadline = started + args.duration if args.duration else None
+        not_at_end = {tp.partition for tp in self.start}
+        next_refresh = started + args.refresh
+        while not self.stop:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wait = min(0.5, next_refresh - now, deadline - now if deadline is not None else 0.5)
+            caught_up = limit_reached = False
+            for message in self.consumer.consume(500, timeout=max(wait, 0.01)):
+                error = message.error()
+                if error is None:
+                    if self.handle(message):
+                        limit_reached = True
+                        break
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    if not_at_end:
+                        not_at_end.discard(message.partition())
+                        caught_up = not not_at_end  # the backlog is read: show it at once
+                elif error.fatal():
+                    raise cli.ToolFailure(f"reading {self.settings.dlq_topic}: {error.str()}")
+                else:
+                    cli.log.warning("reading %s: %s", self.settings.dlq_topic, error.str())
+            if limit_reached:
+                break
+            if caught_up or time.monotonic() >= next_refresh:
+                if self.refresh():
+                    return EXIT_ALERT
+                next_refresh = time.monotonic() + args.refresh
+        return EXIT_ALERT if self.refresh(final=True) else cli.EXIT_OK
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def refresh(self, final: bool = False) -> bool:
+        """Count the orders, update the metrics, show the view; True when the alert fires."""
+        self.count_orders()
+        now = time.time()
+        self.monitor.publish_metrics(now)
+        if self.terminal:
+            size = shutil.get_terminal_size()
+            view = self.monitor.render(now, f"dead letters in {self.settings.dlq_topic}", size.columns, size.lines)
+            sys.stdout.write(CLEAR_SCREEN + "\n".join(view) + "\n")
+            sys.stdout.flush()
+        elif self.args.json and not final:
+            print(json.dumps(self.summary(now)), flush=True)
+        elif not (self.args.json or self.args.jsonl):
+            print(self.monitor.status_line(now), flush=True)
+        return self.alert()
+
+    def summary(self, now: float) -> dict:
+        return {**self.monitor.stats.summary(), **self.monitor.summary_extra(now)}
+
+    def report(self) -> None:
+        """The final statistics (not on a terminal view, whose last frame stays on the screen)."""
+        if self.terminal:
+            return
+        now = time.time()
+        if self.args.json:
+            print(json.dumps(self.summary(now)), flush=True)
+        elif not self.args.jsonl:
+            print(stats_text(self.monitor.stats.summary()))
+            print("\n".join(self.monitor.summary_lines(now)), flush=True)
+
+    def alert(self) -> bool:
+        threshold = self.args.alert_threshold
+        if threshold is None:
+            return False
+        if self.monitor.orders is None:
+            raise cli.ToolFailure(f"cannot check --alert-threshold: {self.count_error or 'no orders count'} "
+                                  "(set -t/ORDERS_TOPIC to the topic whose DLQ this is)")
+        message = alert_message(self.monitor.share(), threshold)
+        if message:
+            print(message, file=sys.stderr, flush=True)
+        return message is not None
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.counter.close()
+
+
 def main(argv=None) -> int:
-    args = cli.parse_args(build_parser(), argv)
+    parser = build_parser()
+    args = cli.parse_args(parser, argv)
+    if args.duration is not None and not args.follow:
+        parser.error("--duration needs --follow")
+    if args.since and args.until and args.since >= args.until:
+        parser.error("--since must be before --until")
     settings = cli.kafka_settings(args)
+    metrics.serve(args, metrics.MONITOR)
     admin = require_cluster(settings)
     partitions = require_topics(admin, [settings.dlq_topic])[settings.dlq_topic]
-    codec = DeadLetterCodec(dead_letter_codec())
-    stats = DeadLetterStats()
     stop = cli.StopFlag().install()
-    consumer = Consumer(reader_config(settings, f"dlq-monitor-{uuid.uuid4()}"))
-    start = [TopicPartition(settings.dlq_topic, p, 0) for p in range(partitions)]
-    unreadable = 0
+    run = DlqMonitor(args, settings, partitions, stop)
     try:
-        messages = follow(consumer, start, stop, args.refresh, stats, args) if args.follow \
-            else read_to_end(consumer, start, timeout=120)
-        for message in messages:
-            try:
-                dead_letter = codec.decode_message(message.value(), message.headers(), message.key(),
-                                                   settings.dlq_topic)
-            except DecodeError as exc:
-                unreadable += 1
-                cli.log.warning("%s[%d]@%d is not a dead letter: %s", message.topic(), message.partition(),
-                                message.offset(), exc)
-                continue
-            if not matches(dead_letter, args):
-                continue
-            stats.add(dead_letter)
-            if args.jsonl:
-                print(json.dumps(as_json(dead_letter, message)), flush=True)
-            elif not args.json:
-                print(describe(dead_letter, message), flush=args.follow)
-            if args.limit and stats.total >= args.limit:
-                break
+        if args.follow:
+            code = run.follow()
+        else:
+            run.read_all()
+            run.monitor.publish_metrics(time.time())
+            code = None
     finally:
-        consumer.close()
-    summary = stats.summary()
-    if args.json:
-        print(json.dumps(summary))
-    elif not args.jsonl:
-        print(stats_text(summary))
-    if unreadable:
-        cli.log.warning("%d message(s) in %s could not be read as dead letters", unreadable, settings.dlq_topic)
-    return cli.EXIT_OK
-
-
-def follow(consumer, start, stop, refresh: float, stats: DeadLetterStats, args):
-    """Yield dead letters as they arrive; print the statistics every `refresh` seconds on stderr."""
-    consumer.assign(start)
-    last = time.monotonic()
-    while not stop:
-        for message in consumer.consume(500, timeout=0.5):
-            if message.error() is None:
-                yield message
-            elif message.error().code() != KafkaError._PARTITION_EOF:
-                cli.log.warning("%s", message.error().str())
-        if time.monotonic() - last >= refresh and not (args.json or args.jsonl):
-            print(stats_text(stats.summary()), flush=True)
-            last = time.monotonic()
+        run.close()
+    run.report()
+    if code is None:
+        code = EXIT_ALERT if run.alert() else cli.EXIT_OK
+    if run.unreadable:
+        cli.log.warning("%d message(s) in %s could not be read as dead letters", run.unreadable, settings.dlq_topic)
+    return code
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import time
 from confluent_kafka import Producer
 
 from dlq_producer import DeadLetterProducer, add_spool_argument, open_spool
-from orders_dlq import cli
+from orders_dlq import cli, metrics
 from orders_dlq.codec import order_codec
 from orders_dlq.delivery import OrderSender
 from orders_dlq.dlq import drain_if_pending
@@ -38,6 +38,7 @@ def build_parser():
                         help="seconds one delivery attempt may take (env DELIVERY_TIMEOUT, default 5)")
     add_retry_arguments(parser)
     add_spool_argument(parser)
+    metrics.add_metrics_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     return parser
 
@@ -50,11 +51,14 @@ def main(argv=None) -> int:
     bad_ratio = cli.setting(args, "bad_ratio", "BAD_RATIO", 0.0, cli.ratio)
     poison_ratio = cli.setting(args, "poison_ratio", "POISON_RATIO", 0.0, cli.ratio)
     if bad_ratio + poison_ratio > 1:
-        raise cli.UsageError("--bad-ratio and --poison-ratio together must not exceed 1")
+        raise cli.UsageError(f"--bad-ratio/BAD_RATIO ({bad_ratio:g}) and --poison-ratio/POISON_RATIO "
+                             f"({poison_ratio:g}) together must not exceed 1")
     delivery_timeout = cli.setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 5.0, cli.positive(float))
     policy = retry_policy(args)
     codec = order_codec()
     spool = open_spool(args)
+    serving = metrics.serve(args, metrics.PRODUCER)
+    counts = metrics.ProducerMetrics() if serving else None
     client_id = f"producer.py@{socket.gethostname()}:{os.getpid()}"
     stop = cli.StopFlag().install()
 
@@ -67,6 +71,7 @@ def main(argv=None) -> int:
                         "then dead-lettered", settings.bootstrap_servers, policy.max_attempts,
                         policy.total_bound(delivery_timeout))
 
+    metrics.SPOOL_SIZE.set(spool.count())
     producer = Producer(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}))
     sender = OrderSender(producer, settings.topic, policy, codec, client_id)
     generator = OrderGenerator(args.seed)
@@ -95,7 +100,11 @@ def main(argv=None) -> int:
         sender.send(key, value)
         sender.service()
         progress.update(produced)
+        if counts:
+            counts.update(produced, sender.delivered)
     sender.finish(lambda: progress.update(produced))
+    if counts:
+        counts.update(produced, sender.delivered, force=True)
     progress.update(produced, force=True)
     progress.close()
     elapsed = time.monotonic() - started
@@ -112,6 +121,7 @@ def main(argv=None) -> int:
     else:
         delivered = spooled = 0
     dead_letters.close()
+    metrics.SPOOL_SIZE.set(spool.count())
     summary = {
         "produced": produced,
         "sent": sender.delivered,

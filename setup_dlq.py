@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     dlq_partitions = args.dlq_partitions or partitions
     replication = cli.setting(args, "replication_factor", "REPLICATION_FACTOR", 1, cli.positive(int))
     retention = cli.setting(args, "retention_days", "DLQ_RETENTION_DAYS", 7.0, cli.positive(float))
-    state_topic = cli.setting(args, "state_topic", "STATE_TOPIC", f"{settings.topic}.aggregates")
+    state_topic = cli.state_topic_setting(args, settings)
 
     admin = require_cluster(settings)
     plans = topic_plans(settings, state_topic, partitions, dlq_partitions, replication, retention)

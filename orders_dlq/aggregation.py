@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from orders_dlq import metrics
 from orders_dlq.cli import KafkaSettings, StopFlag, ToolFailure, log
 from orders_dlq.codec import DecodeError, order_codec
 from orders_dlq.dead_letter import OUR_PREFIX, DeadLetter
@@ -34,12 +35,15 @@ from orders_dlq.dlq import DeadLetterProducer
 from orders_dlq.kafka import common_client_config, read_to_end, reader_config, reliable_producer_config
 from orders_dlq.orders import CATALOGUE, InvalidOrder, validate
 from orders_dlq.retry import RetryPolicy, is_retryable
-from orders_dlq.stats import Aggregate, PartitionState, combine
+from orders_dlq.stats import Aggregate, LatencyReservoir, PartitionState, combine
 
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
 REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"
+# The retries of one message stop after this long even if attempts remain: well inside
+# max.poll.interval.ms (5 minutes), so a consumer never loses its partitions while it waits.
+MAX_RETRY_SECONDS = 60.0
 
 
 def state_key(group: str, topic: str, partition: int) -> bytes:
@@ -73,7 +77,8 @@ class CommitFailed(Exception):
 class OrderAggregator:
     def __init__(self, settings: KafkaSettings, *, group: str, state_topic: str, guarantee: str,
                  retry: RetryPolicy, instance_id: str | None = None, products=CATALOGUE, commit_interval: float = 0.1,
-                 batch_size: int = 1000, delivery_timeout: float = 10.0, stop: StopFlag | None = None):
+                 batch_size: int = 1000, delivery_timeout: float = 10.0, stop: StopFlag | None = None,
+                 latency: LatencyReservoir | None = None):
         self.settings = settings
         self.topic = settings.topic
         self.group = group
@@ -84,6 +89,7 @@ class OrderAggregator:
         self.commit_interval = commit_interval
         self.batch_size = batch_size
         self.stop = stop if stop is not None else StopFlag()
+        self.latency = latency  # creation -> aggregation in ms, when asked for (--latency)
         self.codec = order_codec()
         self.states: dict[int, PartitionState] = {}
         self.committed: dict[int, PartitionState] = {}  # each partition's state at its last commit
@@ -143,7 +149,9 @@ class OrderAggregator:
                     budget = min(budget, max_messages - self.run_processed - self.run_dead_lettered)
                     if budget <= 0:
                         break
-                messages = self.consumer.consume(budget, timeout=0.2)
+                # consume(n, timeout) waits until it has n messages or the timeout passed: take what
+                # is there at once, and block (0.2 s at most) only for the first message when none is.
+                messages = self.consumer.consume(budget, timeout=0) or self.consumer.consume(1, timeout=0.2)
                 now = time.monotonic()
                 if messages:
                     self.last_activity = now
@@ -200,18 +208,31 @@ class OrderAggregator:
         state.next_offset = message.offset() + 1
         self.dirty.add(partition)
 
+    def process_order(self, aggregate: Aggregate, order: dict) -> None:
+        """The processing step for one valid order. It must change nothing when it raises."""
+        aggregate.add_order(order["product"], order["price"])
+
     def _process(self, state: PartitionState, message, order: dict) -> None:
-        """Aggregate one valid order; an unexpected error is retried, then dead-lettered."""
+        """Process one valid order; an unexpected error is retried, then dead-lettered."""
+        give_up_at = None
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
-                state.aggregate.add_order(order["product"], order["price"])
+                self.process_order(state.aggregate, order)
                 self.run_processed += 1
+                if self.latency is not None:
+                    self.latency.add((time.time_ns() // 1000 - order["created_at"]) / 1000)
                 return
             except Exception as exc:  # noqa: BLE001 - any processing failure is routed, never fatal
-                if attempt == self.retry.max_attempts or not is_retryable(exc):
+                delay = self.retry.backoff(attempt)
+                give_up_at = give_up_at or time.monotonic() + MAX_RETRY_SECONDS
+                if (attempt == self.retry.max_attempts or not is_retryable(exc)
+                        or time.monotonic() + delay > give_up_at):
                     self._dead_letter(state, message, order, "process", exc, attempt)
                     return
-                time.sleep(self.retry.backoff(attempt))
+                log.warning("processing %s[%d]@%d failed (%s: %s), attempt %d of %d; retrying in %.2fs",
+                            message.topic(), message.partition(), message.offset(), type(exc).__name__, exc,
+                            attempt, self.retry.max_attempts, delay)
+                time.sleep(delay)
 
     def _dead_letter(self, state: PartitionState, message, order, stage: str, error: Exception,
                      retries: int) -> None:
@@ -239,6 +260,7 @@ class OrderAggregator:
         self.dead_letters.send(dead_letter, None if self.exactly_once else self._on_delivery)
         state.aggregate.dead_lettered += 1
         self.run_dead_lettered += 1
+        metrics.dead_letter_created(stage, dead_letter.error_reason)
 
     def _on_delivery(self, error, message) -> None:
         if error is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -12,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from confluent_kafka import KafkaError, KafkaException
 from dotenv import find_dotenv, load_dotenv
+from dotenv.parser import parse_stream
 
 log = logging.getLogger("orders_dlq")
 
@@ -86,10 +89,23 @@ def build_parser(description: str, example: str) -> ArgumentParser:
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line after loading .env, so the environment layer is complete."""
-    load_dotenv(find_dotenv(usecwd=True), override=False)
+    load_env_file()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     return args
+
+
+def load_env_file() -> None:
+    """Load the nearest .env; a line python-dotenv cannot parse is a usage error, not a skipped warning."""
+    path = find_dotenv(usecwd=True)
+    if not path:
+        return
+    with open(path, encoding="utf-8") as stream:
+        bad = [binding.original.line for binding in parse_stream(stream) if binding.error]
+    if bad:
+        # Never echo the line itself: it may hold a password.
+        raise UsageError(f"{path} line {bad[0]} is not of the form KEY=VALUE (an unclosed quote?)")
+    load_dotenv(path, override=False)
 
 
 def setting(args, name: str, env: str, default: T, parse: Callable[[str], T] = str) -> T:
@@ -111,15 +127,26 @@ def kafka_settings(args) -> KafkaSettings:
     bootstrap = setting(args, "bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
     topic = setting(args, "topic", "ORDERS_TOPIC", "orders")
     dlq_topic = setting(args, "dlq_topic", "DLQ_TOPIC", f"{topic}.DLQ")
-    for name, value in (("bootstrap servers", bootstrap), ("topic", topic), ("DLQ topic", dlq_topic)):
+    for name, value in (("-b/--bootstrap-servers (KAFKA_BOOTSTRAP_SERVERS)", bootstrap),
+                        ("-t/--topic (ORDERS_TOPIC)", topic), ("--dlq-topic (DLQ_TOPIC)", dlq_topic)):
         if not value or any(ch.isspace() for ch in value):
-            raise UsageError(f"the {name} {value!r} is empty or contains spaces")
+            raise UsageError(f"{name} {value!r} is empty or contains spaces")
     if topic == dlq_topic:
-        raise UsageError(f"the DLQ topic must differ from the orders topic ({topic!r})")
+        raise UsageError(f"--dlq-topic (DLQ_TOPIC) must differ from -t/--topic (ORDERS_TOPIC): both are {topic!r}")
     env_pairs = os.environ.get("KAFKA_CLIENT_CONFIG", "").split(",")
     overrides = parse_client_overrides([pair for pair in env_pairs if pair.strip()], "KAFKA_CLIENT_CONFIG")
     overrides.update(parse_client_overrides(args.client_overrides, "-X"))
     return KafkaSettings(bootstrap, topic, dlq_topic, overrides)
+
+
+def state_topic_setting(args, settings: KafkaSettings) -> str:
+    """--state-topic / STATE_TOPIC: a topic of its own, never the orders topic or the DLQ."""
+    name = setting(args, "state_topic", "STATE_TOPIC", f"{settings.topic}.aggregates")
+    if not name or any(ch.isspace() for ch in name):
+        raise UsageError(f"--state-topic (STATE_TOPIC) {name!r} is empty or contains spaces")
+    if name in (settings.topic, settings.dlq_topic):
+        raise UsageError(f"--state-topic (STATE_TOPIC) must differ from the orders and DLQ topics, got {name!r}")
+    return name
 
 
 def parse_client_overrides(pairs: list[str], origin: str) -> dict[str, str]:
@@ -142,6 +169,8 @@ def positive(kind: type):
         value = kind(raw)
         if not value > 0:  # also refuses NaN
             raise ValueError(f"must be greater than 0, got {raw}")
+        if value == math.inf:
+            raise ValueError(f"must be finite, got {raw}")
         return value
     parse.__name__ = f"positive {kind.__name__}"
     return parse
@@ -153,6 +182,8 @@ def non_negative(kind: type):
         value = kind(raw)
         if not value >= 0:  # also refuses NaN
             raise ValueError(f"must not be negative, got {raw}")
+        if value == math.inf:
+            raise ValueError(f"must be finite, got {raw}")
         return value
     parse.__name__ = f"non-negative {kind.__name__}"
     return parse
@@ -221,6 +252,14 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except ToolFailure as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = EXIT_FAILURE
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if error is None or error.code() != KafkaError._INVALID_ARG:
+            raise
+        # librdkafka refused a client property when a client was created: the operator's -X settings.
+        print(f"error: a Kafka client setting (-X or KAFKA_CLIENT_CONFIG) is not valid: {error.str()}",
+              file=sys.stderr)
+        code = EXIT_USAGE
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

@@ -8,6 +8,7 @@ import time
 
 from confluent_kafka import KafkaError, Producer
 
+from orders_dlq import metrics
 from orders_dlq.cli import log
 from orders_dlq.codec import AvroCodec, DecodeError
 from orders_dlq.dead_letter import DeadLetter
@@ -68,6 +69,7 @@ class OrderSender:
             heapq.heappush(self._due, (due, next(self._sequence), message.key(), message.value(), attempt))
             return
         self.failed.append(self._dead_letter(message, error, attempt))
+        metrics.dead_letter_created("produce", self.failed[-1].error_reason)
 
     def _produce_due_retries(self) -> None:
         now = time.monotonic()
@@ -75,6 +77,7 @@ class OrderSender:
             _, _, key, value, attempts = heapq.heappop(self._due)
             attempt = attempts + 1
             self.retries += 1
+            metrics.DELIVERY_RETRIES.inc()  # only after a failure: rare
             self._produce(key, value, attempt,
                           lambda error, message, attempt=attempt: self._on_delivery(error, message, attempt))
 

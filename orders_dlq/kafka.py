@@ -96,7 +96,9 @@ def read_to_end(consumer: Consumer, partitions: list[TopicPartition], timeout: f
         if time.monotonic() > deadline:
             names = ", ".join(f"{t}[{p}]" for t, p in sorted(remaining))
             raise ToolFailure(f"timed out after {timeout:g}s reading {names} to its end")
-        for message in consumer.consume(batch_size, timeout=0.5):
+        # consume(n, timeout) waits for n messages or the whole timeout: on a small changelog that is
+        # 0.5 s per call at every assignment. Take what is there; block only while nothing is.
+        for message in consumer.consume(batch_size, timeout=0) or consumer.consume(1, timeout=0.5):
             error = message.error()
             if error is None:
                 yield message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -112,6 +113,32 @@ class PartitionState:
 
     def copy(self) -> PartitionState:
         return PartitionState.decode(self.encode())
+
+
+class LatencyReservoir:
+    """A bounded uniform sample (reservoir sampling) of latencies in ms: memory stays flat however many orders."""
+
+    def __init__(self, size: int = 100_000, seed: int = 0):
+        self.size = size
+        self.count = 0
+        self.samples: list[float] = []
+        self._random = random.Random(seed)
+
+    def add(self, ms: float) -> None:
+        self.count += 1
+        if len(self.samples) < self.size:
+            self.samples.append(ms)
+        else:
+            slot = self._random.randrange(self.count)
+            if slot < self.size:
+                self.samples[slot] = ms
+
+    def summary(self) -> dict:
+        ordered = sorted(self.samples)
+
+        def pick(q):
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else None
+        return {"count": self.count, "p50": pick(0.50), "p99": pick(0.99), "max": pick(1.0)}
 
 
 def combine(states) -> Aggregate:

@@ -97,7 +97,8 @@ def test_kafka_settings_environment_and_flags(env):
 
 
 def test_topic_equal_to_dlq_topic_is_a_usage_error(env):
-    with pytest.raises(UsageError, match=r"^the DLQ topic must differ from the orders topic \('same'\)$"):
+    with pytest.raises(UsageError, match=r"^--dlq-topic \(DLQ_TOPIC\) must differ from -t/--topic "
+                                         r"\(ORDERS_TOPIC\): both are 'same'$"):
         kafka_settings(args_of("-t", "same", "--dlq-topic", "same"))
     env.setenv("DLQ_TOPIC", "orders")
     with pytest.raises(UsageError):
@@ -105,10 +106,10 @@ def test_topic_equal_to_dlq_topic_is_a_usage_error(env):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["-t", ""], "the topic '' is empty or contains spaces"),
-    (["-t", "my topic"], "the topic 'my topic' is empty or contains spaces"),
-    (["-b", "host :9092"], "the bootstrap servers 'host :9092' is empty or contains spaces"),
-    (["--dlq-topic", "a\tb"], "the DLQ topic 'a\\tb' is empty or contains spaces"),
+    (["-t", ""], "-t/--topic (ORDERS_TOPIC) '' is empty or contains spaces"),
+    (["-t", "my topic"], "-t/--topic (ORDERS_TOPIC) 'my topic' is empty or contains spaces"),
+    (["-b", "host :9092"], "-b/--bootstrap-servers (KAFKA_BOOTSTRAP_SERVERS) 'host :9092' is empty or contains spaces"),
+    (["--dlq-topic", "a\tb"], "--dlq-topic (DLQ_TOPIC) 'a\\tb' is empty or contains spaces"),
 ])
 def test_empty_or_spaced_names_are_usage_errors(env, argv, message):
     with pytest.raises(UsageError) as info:

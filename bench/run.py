@@ -1,0 +1,660 @@
+#!/usr/bin/env python3
+"""Benchmark: the pipeline's scripts beside the raw confluent-kafka client, in one run, on one broker.
+
+    python bench/run.py              # default: 200k orders per throughput case, 3 repeats (a few minutes)
+    python bench/run.py --tiny       # 2k orders, 1 repeat, no 1M memory case (the smoke test)
+    python bench/run.py --full       # default plus the 1M-order memory case
+    python bench/run.py --repeat 5 --count 500000
+
+Broker: KAFKA_BOOTSTRAP_SERVERS if set and reachable; else a fresh local broker on free ports in
+.kafka/bench-broker, stopped at the end. Prints a table and writes it as JSON (bench/results.json).
+See bench/README.md for what each case measures and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import io
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(BENCH))
+
+import confluent_kafka  # noqa: E402
+import fastavro  # noqa: E402
+import kafka_local  # noqa: E402
+import limits  # noqa: E402  (bench/limits.py)
+from confluent_kafka import Consumer, KafkaError, TopicPartition  # noqa: E402
+
+PY = sys.executable
+RUN_LINE = re.compile(r"this run: (\d+) orders aggregated, (\d+) dead-lettered in ([\d.]+)s")
+
+CASES = (
+    "limit_produce", "original_design", "producer",
+    "limit_consume", "consumer_at_least_once", "consumer_exactly_once",
+    "consumer_at_least_once_poison_1pct", "consumer_exactly_once_poison_1pct",
+    "limit_dead_letter_forward", "dead_letter_at_least_once", "dead_letter_exactly_once",
+    "latency_exactly_once", "latency_at_least_once",
+    "memory_1m",
+)
+
+
+class BenchError(Exception):
+    """A case could not be measured (a script failed, counts do not add up)."""
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+class Scripts:
+    """Runs scripts as a user would (scratch cwd, clean env) and measures wall time and peak RSS."""
+
+    def __init__(self, bootstrap: str, workdir: Path):
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ORDERS_", "DLQ_"))}
+        self.env.update(KAFKA_BOOTSTRAP_SERVERS=bootstrap, PYTHONUNBUFFERED="1")
+
+    def start(self, args: list[str], env: dict | None = None) -> dict:
+        out = tempfile.TemporaryFile(dir=self.workdir)
+        err = tempfile.NamedTemporaryFile(dir=self.workdir, delete=False)
+        began = time.monotonic()
+        proc = subprocess.Popen([PY, *args], cwd=self.workdir, env={**self.env, **(env or {})},
+                                stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        peak = PeakRss(proc.pid)
+        peak.start()
+        return {"proc": proc, "out": out, "err": err, "began": began, "args": args, "peak": peak}
+
+    def finish(self, job: dict, timeout: float = 900) -> dict:
+        """Wait for the process; wait4 gives the peak RSS of exactly this child."""
+        proc = job["proc"]
+        killer = threading.Timer(max(1.0, timeout - (time.monotonic() - job["began"])), proc.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            killer.cancel()
+        wall = time.monotonic() - job["began"]
+        job["peak"].halt.set()
+        job["peak"].join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        job["out"].seek(0)
+        stdout = job["out"].read().decode(errors="replace")
+        job["out"].close()
+        stderr = Path(job["err"].name).read_text(errors="replace")
+        job["err"].close()
+        os.unlink(job["err"].name)
+        name = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(job["args"][:3]))
+        if proc.returncode != 0:
+            raise BenchError(f"{name} exited {proc.returncode}: {stderr.strip()[-600:]}")
+        return {"stdout": stdout, "stderr": stderr, "wall": wall,
+                "maxrss_mb": job["peak"].peak_kb / 1024, "cpu_s": usage.ru_utime + usage.ru_stime}
+
+    def run(self, args: list[str], timeout: float = 900, env: dict | None = None) -> dict:
+        return self.finish(self.start(args, env), timeout)
+
+    def json(self, args: list[str], timeout: float = 900, env: dict | None = None) -> tuple[dict, dict]:
+        result = self.run(args, timeout, env)
+        lines = [line for line in result["stdout"].splitlines() if line.startswith("{")]
+        if not lines:
+            raise BenchError(f"{args[0]} printed no JSON: {result['stdout'][-300:]}")
+        return json.loads(lines[-1]), result
+
+
+class PeakRss(threading.Thread):
+    """The child's own peak RSS (VmHWM of /proc/PID/status), polled every 50 ms until it exits.
+
+    Not wait4()'s ru_maxrss: Linux seeds a child's maxrss with the RSS of the process that forked
+    it (the bench itself), so small scripts would all look as big as the bench.
+    """
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.path = Path(f"/proc/{pid}/status")
+        self.peak_kb = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                for line in self.path.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            if self.halt.wait(0.05):
+                return
+
+
+def script(name: str) -> str:
+    return str(ROOT / name)
+
+
+LIMITS = str(BENCH / "limits.py")
+
+
+# -- the bench ----------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args, bootstrap: str, workdir: Path):
+        self.args = args
+        self.bootstrap = bootstrap
+        self.scripts = Scripts(bootstrap, workdir)
+        self.results: dict[str, dict] = {name: {"runs": []} for name in CASES}
+        self.has_latency_hook = "--latency" in self.scripts.run([script("consumer_aggregation.py"), "--help"])[
+            "stdout"]
+
+    # helpers
+    def log(self, text: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    def new_topic(self, label: str) -> str:
+        topic = f"bench-{label}-{uuid.uuid4().hex[:8]}"
+        self.scripts.run([script("setup_dlq.py"), "-t", topic, "--partitions", str(self.args.partitions)])
+        return topic
+
+    def record(self, case: str, run: dict) -> None:
+        self.results[case]["runs"].append(run)
+        shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in run.items()
+                 if k in ("rate", "p50_ms", "p99_ms", "maxrss_mb", "count")}
+        self.log(f"{case}: {shown}")
+
+    def guarded(self, case: str, fn, *args):
+        try:
+            return fn(*args)
+        except BenchError as exc:
+            self.log(f"{case}: FAILED: {exc}")
+            self.results[case].setdefault("errors", []).append(str(exc))
+            return None
+
+    # 1. limits and the original design
+    def limit(self, case: str, loop: str, topic: str, count: int, *extra: str) -> dict:
+        data, proc = self.scripts.json([LIMITS, loop, "-b", self.bootstrap, "-t", topic, "--count", str(count),
+                                        *extra])
+        if data["count"] != count:
+            raise BenchError(f"{loop}: {data['count']} of {count} messages")
+        run = {**data, "rate_whole": data["rate"], "wall_s": proc["wall"], "maxrss_mb": proc["maxrss_mb"]}
+        if data.get("steady_rate"):
+            run["rate"] = data["steady_rate"]  # the headline: 10%-90% of the messages, as for the scripts
+        self.record(case, run)
+        return run
+
+    # 3. producer.py
+    def producer(self, case: str | None, topic: str, count: int, *extra: str) -> dict:
+        data, proc = self.scripts.json([script("producer.py"), "-t", topic, "--count", str(count), "--json",
+                                        "--seed", "6", *extra])
+        if data["sent"] != count:
+            raise BenchError(f"producer.py sent {data['sent']} of {count}")
+        run = {"count": data["sent"], "rate": data["rate_per_second"], "seconds": data["elapsed_seconds"],
+               "wall_s": proc["wall"], "rate_wall": count / proc["wall"], "rate_whole": count / proc["wall"],
+               "maxrss_mb": proc["maxrss_mb"],
+               "cpu_s": proc["cpu_s"], "kinds": data["kinds"]}
+        if case:
+            self.record(case, run)
+        return run
+
+    # 4 and 6. consumer_aggregation.py draining a pre-filled topic
+    def consumer(self, case: str, topic: str, count: int, guarantee: str) -> dict:
+        idle = self.args.idle_timeout
+        group = f"bench-{uuid.uuid4().hex[:8]}"
+        data, proc = self.scripts.json([script("consumer_aggregation.py"), "-t", topic, "-g", group, "--guarantee",
+                                        guarantee, "--idle-timeout", str(idle), "--json"])
+        match = RUN_LINE.search(proc["stderr"])
+        if not match:
+            raise BenchError("consumer_aggregation.py printed no 'this run:' line")
+        processed, dead, run_s = int(match[1]), int(match[2]), float(match[3])
+        if processed + dead != count:
+            raise BenchError(f"consumer handled {processed} + {dead} of {count} messages")
+        drain = max(run_s - idle, 1e-3)
+        progress = changelog_progress(self.bootstrap, f"{topic}.aggregates", group, topic)
+        steady = limits.steady_rate(progress, count)
+        run = {"count": processed + dead, "processed": processed, "dead_lettered": dead,
+               "rate": steady or (processed + dead) / drain, "rate_steady": steady,
+               "rate_whole": (processed + dead) / drain, "drain_s": drain, "run_s": run_s,
+               "rate_wall": (processed + dead) / max(proc["wall"] - idle, 1e-3), "wall_s": proc["wall"],
+               "maxrss_mb": proc["maxrss_mb"], "cpu_s": proc["cpu_s"], "summary_processed": data["processed"]}
+        self.record(case, run)
+        return run
+
+    # 5. end-to-end latency at a fixed rate
+    def latency(self, case: str, guarantee: str) -> dict:
+        rate, seconds = self.args.latency_rate, self.args.latency_seconds
+        count = int(rate * seconds)
+        topic = self.new_topic("latency")
+        state_topic = f"{topic}.aggregates"
+        group = f"bench-{uuid.uuid4().hex[:8]}"
+        watcher = ChangelogWatcher(self.bootstrap, state_topic)
+        watcher.start()
+        extra = ["--latency"] if self.has_latency_hook else []
+        job = self.scripts.start([script("consumer_aggregation.py"), "-t", topic, "-g", group, "--guarantee",
+                                  guarantee, "--idle-timeout", str(max(5.0, self.args.idle_timeout)), "--json", *extra])
+        try:
+            deadline = time.monotonic() + 60
+            while "assigned" not in Path(job["err"].name).read_text(errors="replace"):
+                if job["proc"].poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.3)  # the first fetch is issued
+            produced = self.producer(None, topic, count, "--rate", str(rate))
+        finally:
+            proc = self.scripts.finish(job)
+            watcher.stop()
+        summary = json.loads([line for line in proc["stdout"].splitlines() if line.startswith("{")][-1])
+        if summary["processed"] != count:
+            raise BenchError(f"latency consumer aggregated {summary['processed']} of {count}")
+        created = orders_created_at(self.bootstrap, topic)
+        visible_all, _ = watcher.latencies(group, topic, created)
+        # Steady state: leave out the orders of the producer's first second, which wait for its
+        # start-up (metadata, idempotent producer id) whatever the consumer does.
+        first = min(created.values(), default=0)
+        steady = {k: v for k, v in created.items() if v >= first + 1_000_000} or created
+        visible, stamped = watcher.latencies(group, topic, steady)
+        run = {"count": count, "rate_achieved": produced["rate"], "maxrss_mb": proc["maxrss_mb"],
+               "producer_maxrss_mb": produced["maxrss_mb"],
+               "visible_p50_ms": percentile(visible, 50), "visible_p99_ms": percentile(visible, 99),
+               "changelog_stamp_p50_ms": percentile(stamped, 50), "changelog_stamp_p99_ms": percentile(stamped, 99),
+               "visible_all_p50_ms": percentile(visible_all, 50), "visible_all_p99_ms": percentile(visible_all, 99),
+               "measured_orders": len(visible)}
+        hook = summary.get("latency_ms") if isinstance(summary.get("latency_ms"), dict) else None
+        run["hook_p50_ms"] = hook.get("p50") if hook else None
+        run["hook_p99_ms"] = hook.get("p99") if hook else None
+        # The headline figure: creation -> aggregate visible to read_committed readers, steady state
+        # (an upper bound of creation -> aggregated). The hook's figures (all orders) are shown beside.
+        run["p50_ms"], run["p99_ms"] = run["visible_p50_ms"], run["visible_p99_ms"]
+        run["source"] = "changelog-visible, steady state: an upper bound"
+        self.record(case, run)
+        return run
+
+    # -- the whole run --------------------------------------------------------------------------
+    def run(self) -> None:
+        a = self.args
+        n, repeat = a.count, a.repeat
+        filled: list[str] = []
+        if a.warmup:
+            self.log(f"warm-up (not recorded): {a.warmup:,} messages through the raw loops (warms the JIT)")
+            warm = self.new_topic("warmup")
+            self.scripts.run([LIMITS, "produce", "-b", self.bootstrap, "-t", warm, "--count", str(a.warmup)])
+            self.scripts.run([LIMITS, "consume", "-b", self.bootstrap, "-t", warm, "--count", str(a.warmup),
+                              "-g", f"bench-warm-{uuid.uuid4().hex[:8]}"])
+        for r in range(repeat):
+            self.log(f"produce round {r + 1}/{repeat}")
+            self.guarded("limit_produce", self.limit, "limit_produce", "produce", self.new_topic("limit"), n)
+            self.guarded("original_design", self.limit, "original_design", "original", self.new_topic("orig"),
+                         a.original_count)
+            topic = self.new_topic("orders")
+            if self.guarded("producer", self.producer, "producer", topic, n):
+                filled.append(topic)
+        if not filled:
+            raise BenchError("producer.py could not fill a topic: no consumer case can run")
+        self.log(f"filling the 1% poison topic and the dead-letter topic ({a.dlq_count} all-poison messages)")
+        poison_topic = self.new_topic("poison")
+        self.producer(None, poison_topic, n, "--poison-ratio", "0.01")
+        dlq_topic = self.new_topic("deadletter")
+        self.producer(None, dlq_topic, a.dlq_count, "--poison-ratio", "1")
+
+        for r in range(repeat):  # interleaved, so drift (page cache, JIT, compaction) hits every case alike
+            self.log(f"consume round {r + 1}/{repeat}")
+            topic = filled[r % len(filled)]
+            self.guarded("limit_consume", self.limit, "limit_consume", "consume", topic, n,
+                         "-g", f"bench-limit-{uuid.uuid4().hex[:8]}")
+            for guarantee, case in (("at-least-once", "consumer_at_least_once"),
+                                    ("exactly-once", "consumer_exactly_once")):
+                self.guarded(case, self.consumer, case, topic, n, guarantee)
+                self.guarded(case + "_poison_1pct", self.consumer, case + "_poison_1pct", poison_topic, n, guarantee)
+            self.guarded("limit_dead_letter_forward", self.limit, "limit_dead_letter_forward", "forward", dlq_topic,
+                         a.dlq_count, "-g", f"bench-limit-{uuid.uuid4().hex[:8]}", "--to", f"{dlq_topic}.DLQ")
+            self.guarded("dead_letter_at_least_once", self.consumer, "dead_letter_at_least_once", dlq_topic,
+                         a.dlq_count, "at-least-once")
+            self.guarded("dead_letter_exactly_once", self.consumer, "dead_letter_exactly_once", dlq_topic,
+                         a.dlq_count, "exactly-once")
+            self.log(f"latency round {r + 1}/{repeat} ({a.latency_rate:g}/s for {a.latency_seconds:g}s)")
+            self.guarded("latency_exactly_once", self.latency, "latency_exactly_once", "exactly-once")
+            self.guarded("latency_at_least_once", self.latency, "latency_at_least_once", "at-least-once")
+
+        if a.full:
+            self.log("memory: 1M orders through producer.py, then each consumer guarantee")
+            topic = self.new_topic("million")
+            run = self.guarded("memory_1m", self.producer, None, topic, 1_000_000)
+            if run:
+                self.results["memory_1m"]["producer"] = run
+                for guarantee in ("at-least-once", "exactly-once"):
+                    consumed = self.guarded("memory_1m", self.consumer, "memory_1m", topic, 1_000_000, guarantee)
+                    if consumed:
+                        consumed["guarantee"] = guarantee
+        else:
+            self.results["memory_1m"]["skipped"] = "run with --full"
+
+
+# -- latency measurement from outside ----------------------------------------------------------
+
+class ChangelogWatcher(threading.Thread):
+    """A read_committed reader of <topic>.aggregates: when did each partition's next_offset become visible?"""
+
+    def __init__(self, bootstrap: str, state_topic: str):
+        super().__init__(daemon=True)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-watch-{uuid.uuid4()}",
+                                  "enable.auto.commit": False, "isolation.level": "read_committed",
+                                  "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+        self.consumer.assign([TopicPartition(state_topic, 0, 0)])
+        self.seen: list[tuple[float, float, bytes, bytes]] = []  # (seen at, create time, key, value)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for message in self.consumer.consume(100, timeout=0.05):
+                if message.error() is None:
+                    self.seen.append((time.time(), message.timestamp()[1] / 1000, message.key(), message.value()))
+
+    def stop(self) -> None:
+        time.sleep(0.5)
+        self.halt.set()
+        self.join(5)
+        self.consumer.close()
+
+    def latencies(self, group: str, topic: str, created: dict) -> tuple[list[float], list[float]]:
+        """Per order: ms from created_at to the first changelog record covering its offset."""
+        marks: dict[int, list[tuple[int, float, float]]] = {}
+        for seen_at, stamp, key, value in self.seen:
+            g, t, partition = json.loads(key)
+            if g == group and t == topic:
+                marks.setdefault(partition, []).append((json.loads(value)["next_offset"], seen_at, stamp))
+        visible, stamped = [], []
+        for (partition, offset), created_at in created.items():
+            entries = marks.get(partition, [])
+            i = bisect.bisect_right([e[0] for e in entries], offset) if entries else 0
+            if i < len(entries):
+                visible.append(entries[i][1] * 1000 - created_at / 1000)
+                stamped.append(entries[i][2] * 1000 - created_at / 1000)
+        return visible, stamped
+
+
+def read_all(bootstrap: str, topic: str, timeout: float = 120):
+    """Every committed message of a topic, from the beginning to the current end."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-read-{uuid.uuid4()}",
+                       "enable.auto.commit": False, "enable.partition.eof": True,
+                       "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
+    try:
+        partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
+        reader.assign([TopicPartition(topic, p, 0) for p in partitions])
+        remaining = set(partitions)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            for message in reader.consume(1000, timeout=0.5):
+                error = message.error()
+                if error is None:
+                    yield message
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(message.partition())
+    finally:
+        reader.close()
+
+
+def changelog_progress(bootstrap: str, state_topic: str, group: str, topic: str) -> list[tuple[float, int]]:
+    """(create time in s, messages done) from the consumer's changelog: each commit writes, per
+    partition, the state up to next_offset (the group starts at offset 0 of a fresh topic)."""
+    done: dict[int, int] = {}
+    points = []
+    for message in read_all(bootstrap, state_topic):
+        g, t, partition = json.loads(message.key())
+        if g == group and t == topic:
+            done[partition] = json.loads(message.value())["next_offset"]
+            points.append((message.timestamp()[1] / 1000, sum(done.values())))
+    points.sort()
+    return points
+
+
+def orders_created_at(bootstrap: str, topic: str) -> dict[tuple[int, int], int]:
+    raw = json.loads((ROOT / "schemas" / "order.avsc").read_text())
+    for field in raw["fields"]:
+        if isinstance(field["type"], dict) and field["type"].get("logicalType") in ("uuid", "timestamp-micros"):
+            field["type"] = field["type"]["type"]
+    schema = fastavro.parse_schema(raw)
+    return {(m.partition(), m.offset()): fastavro.schemaless_reader(io.BytesIO(m.value()), schema)["created_at"]
+            for m in read_all(bootstrap, topic)}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+# -- results ------------------------------------------------------------------------------------
+
+def median(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(results: dict, args) -> list[dict]:
+    """Medians, ratios to the matching limit, and the targets with PASS/MISS."""
+    for case in results.values():
+        runs = case["runs"]
+        case["median"] = {key: median(runs, key) for key in
+                          ("rate", "rate_whole", "rate_wall", "seconds", "drain_s", "maxrss_mb", "p50_ms", "p99_ms",
+                           "visible_p50_ms", "visible_p99_ms", "visible_all_p50_ms", "visible_all_p99_ms",
+                           "hook_p50_ms", "hook_p99_ms",
+                           "changelog_stamp_p50_ms", "changelog_stamp_p99_ms")
+                          if median(runs, key) is not None}
+
+    def rate(name):
+        return results[name]["median"].get("rate")
+
+    def ratio(name, limit):
+        a, b = rate(name), rate(limit)
+        return a / b if a and b else None
+
+    for name, limit in (("producer", "limit_produce"), ("original_design", "limit_produce"),
+                        ("consumer_at_least_once", "limit_consume"), ("consumer_exactly_once", "limit_consume"),
+                        ("consumer_at_least_once_poison_1pct", "limit_consume"),
+                        ("consumer_exactly_once_poison_1pct", "limit_consume"),
+                        ("dead_letter_at_least_once", "limit_dead_letter_forward"),
+                        ("dead_letter_exactly_once", "limit_dead_letter_forward")):
+        results[name]["limit"] = limit
+        results[name]["ratio_to_limit"] = ratio(name, limit)
+        whole, whole_limit = results[name]["median"].get("rate_whole"), results[limit]["median"].get("rate_whole")
+        results[name]["ratio_to_limit_whole"] = whole / whole_limit if whole and whole_limit else None
+
+    targets = []
+
+    def target(name, value, goal, ok, note=""):
+        status = "n/a" if value is None else ("PASS" if ok(value) else "MISS")
+        targets.append({"target": name, "value": value, "goal": goal, "status": status, "note": note})
+
+    target("producer.py / raw produce limit", ratio("producer", "limit_produce"), ">= 0.5", lambda v: v >= 0.5)
+    target("producer.py / original design", ratio("producer", "original_design"), ">= 25", lambda v: v >= 25)
+    target("consumer at-least-once 0% / raw consume-decode-sum", ratio("consumer_at_least_once", "limit_consume"),
+           ">= 0.7", lambda v: v >= 0.7)
+    target("consumer exactly-once 0% / raw consume-decode-sum", ratio("consumer_exactly_once", "limit_consume"),
+           ">= 0.5", lambda v: v >= 0.5)
+    for guarantee in ("at_least_once", "exactly_once"):
+        base, poison = rate(f"consumer_{guarantee}"), rate(f"consumer_{guarantee}_poison_1pct")
+        cost = base / poison - 1 if base and poison else None  # extra time per message
+        target(f"1% poison extra cost ({guarantee.replace('_', '-')})", cost, "<= 0.10", lambda v: v <= 0.10)
+    for guarantee in ("exactly_once", "at_least_once"):
+        runs = results[f"latency_{guarantee}"]["runs"]
+        source = runs[0]["source"] if runs else ""
+        target(f"e2e latency p99 at {args.latency_rate:g}/s ({guarantee.replace('_', '-')}), ms",
+               results[f"latency_{guarantee}"]["median"].get("p99_ms"), "<= 50", lambda v: v <= 50, source)
+    scripts_rss = [(name, run["maxrss_mb"]) for name in results if not name.startswith("limit")
+                   and name != "original_design" for run in results[name]["runs"] if "maxrss_mb" in run]
+    scripts_rss += [("memory_1m producer", results["memory_1m"]["producer"]["maxrss_mb"])] \
+        if "producer" in results["memory_1m"] else []
+    scripts_rss += [("latency producer", run["producer_maxrss_mb"]) for g in ("exactly_once", "at_least_once")
+                    for run in results[f"latency_{g}"]["runs"]]
+    if scripts_rss:
+        worst = max(scripts_rss, key=lambda item: item[1])
+        full = "producer" in results["memory_1m"]
+        target("peak RSS per script, MB" + (" (1M orders)" if full else f" ({args.count:,} orders; 1M: --full)"),
+               worst[1], "<= 150", lambda v: v <= 150, f"largest: {worst[0]}")
+    else:
+        target("peak RSS per script, MB", None, "<= 150", lambda v: v <= 150)
+    return targets
+
+
+def fmt(value, digits=0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def table(report: dict) -> str:
+    results = report["cases"]
+    lines = [f"machine: {report['machine']['cores']} cores, {report['machine']['python']}, broker Kafka "
+             f"{report['machine']['broker_version']} at {report['machine']['bootstrap']} "
+             f"({report['machine']['broker']}), confluent-kafka {report['machine']['confluent_kafka']} / "
+             f"librdkafka {report['machine']['librdkafka']}, fastavro {report['machine']['fastavro']}",
+             f"sizes: {report['settings']['count']:,} orders per throughput case, {report['settings']['dlq_count']:,} "
+             f"dead letters, {report['settings']['original_count']:,} for the original design; median of "
+             f"{report['settings']['repeat']} run(s); {report['settings']['partitions']} partitions", ""]
+    head = (f"{'case':<36} {'orders/s':>10} {'vs limit':>9} {'whole run/s':>12} {'vs limit':>9} {'runs':>5} "
+            f"{'peak RSS MB':>12}  note")
+    lines += [head, "-" * len(head)]
+    notes = {
+        "limit_produce": "raw produce+poll(0), flush at end",
+        "original_design": "produce + flush per message",
+        "producer": "producer.py --json rate (generate+encode+deliver)",
+        "limit_consume": "raw consume+decode+sum; whole = from subscribe()",
+        "consumer_at_least_once": "steady = 10%-90% via changelog; whole = 'this run' - idle",
+        "consumer_exactly_once": "",
+        "limit_dead_letter_forward": "raw consume + re-produce every message",
+        "dead_letter_at_least_once": "every message dead-lettered",
+        "dead_letter_exactly_once": "",
+    }
+    for name in CASES:
+        case = results[name]
+        if name.startswith("latency") or name == "memory_1m":
+            continue
+        med = case["median"]
+        ratio = case.get("ratio_to_limit")
+        whole = case.get("ratio_to_limit_whole")
+        lines.append(f"{name:<36} {fmt(med.get('rate')):>10} {fmt(ratio, 2) + 'x' if ratio else '':>9} "
+                     f"{fmt(med.get('rate_whole')):>12} {fmt(whole, 2) + 'x' if whole else '':>9} "
+                     f"{len(case['runs']):>5} {fmt(med.get('maxrss_mb'), 1):>12}  {notes.get(name, '')}"
+                     + (f"  ERRORS: {len(case['errors'])}" if case.get("errors") else ""))
+    lines.append("")
+    for name in ("latency_exactly_once", "latency_at_least_once"):
+        med = results[name]["median"]
+        lines.append(f"{name:<22} visible p50 {fmt(med.get('p50_ms'), 1):>6} ms p99 {fmt(med.get('p99_ms'), 1):>6} ms "
+                     f"[hook p50/p99 {fmt(med.get('hook_p50_ms'), 1)}/{fmt(med.get('hook_p99_ms'), 1)}; "
+                     f"incl. 1st s {fmt(med.get('visible_all_p50_ms'), 1)}/{fmt(med.get('visible_all_p99_ms'), 1)}; "
+                     f"changelog-stamped {fmt(med.get('changelog_stamp_p50_ms'), 1)}/"
+                     f"{fmt(med.get('changelog_stamp_p99_ms'), 1)}]  consumer RSS {fmt(med.get('maxrss_mb'), 1)} MB"
+                     + (f"  ERRORS: {len(results[name]['errors'])}" if results[name].get("errors") else ""))
+    memory = results["memory_1m"]
+    if memory.get("skipped"):
+        lines.append(f"memory_1m: skipped ({memory['skipped']})")
+    elif "producer" in memory:
+        parts = [f"producer.py {memory['producer']['maxrss_mb']:.1f} MB"]
+        parts += [f"consumer {run.get('guarantee', '?')} {run['maxrss_mb']:.1f} MB" for run in memory["runs"]]
+        lines.append("memory_1m (1,000,000 orders): " + ", ".join(parts))
+    lines += ["", f"{'target':<62} {'value':>10} {'goal':>9}  status"]
+    for t in report["targets"]:
+        value = t["value"]
+        shown = "n/a" if value is None else (f"{value:.1%}" if "cost" in t["target"] else f"{value:,.2f}")
+        lines.append(f"{t['target']:<62} {shown:>10} {t['goal']:>9}  {t['status']}"
+                     + (f"  ({t['note']})" if t["note"] else ""))
+    return "\n".join(lines)
+
+
+def check_durability() -> None:
+    """The limit loops must use exactly the project's producer durability settings."""
+    from orders_dlq.cli import KafkaSettings
+    from orders_dlq.kafka import reliable_producer_config
+
+    project = reliable_producer_config(KafkaSettings("x", "t", "t.DLQ"), 5.0)
+    different = {k: (v, project.get(k)) for k, v in limits.DURABILITY.items() if project.get(k) != v}
+    if different:
+        raise SystemExit(f"bench/limits.py DURABILITY differs from reliable_producer_config: {different}")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=200_000, help="orders per throughput case (default 200000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each case; the median is reported (default 3)")
+    parser.add_argument("--dlq-count", type=int, help="messages of the all-poison case (default count/4)")
+    parser.add_argument("--original-count", type=int, default=2000,
+                        help="messages of the produce+flush-per-message case (default 2000)")
+    parser.add_argument("--latency-rate", type=float, default=5000.0, help="orders/s of the latency case")
+    parser.add_argument("--latency-seconds", type=float, default=6.0, help="length of the latency case (default 6)")
+    parser.add_argument("--idle-timeout", type=float, default=2.0, help="consumer --idle-timeout (default 2)")
+    parser.add_argument("--partitions", type=int, default=3, help="partitions of every topic (default 3)")
+    parser.add_argument("--warmup", type=int, default=100_000,
+                        help="messages through the raw loops before measuring, 0 = none (default 100000)")
+    parser.add_argument("--tiny", action="store_true", help="2k orders, 1 repeat, no 1M case: a smoke run")
+    parser.add_argument("--full", action="store_true", help="also the 1M-order memory case")
+    parser.add_argument("--json-out", type=Path, default=BENCH / "results.json", help="default bench/results.json")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.count, args.repeat, args.original_count = 2000, 1, 200
+        args.latency_seconds, args.idle_timeout, args.full, args.warmup = 0.4, 1.0, False, 0
+    args.dlq_count = args.dlq_count or max(1, args.count // 4)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    check_durability()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: stop our broker
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    cluster = None
+    try:
+        if configured and kafka_local.broker_reachable(configured, 10):
+            bootstrap, broker = configured, "KAFKA_BOOTSTRAP_SERVERS"
+        else:
+            if configured:
+                print(f"KAFKA_BOOTSTRAP_SERVERS={configured} does not answer: starting a local broker",
+                      file=sys.stderr)
+            cluster = kafka_local.LocalKafka(ROOT / ".kafka" / "bench-broker", brokers=1, base_port=0)
+            print("[bench] starting a fresh local broker in .kafka/bench-broker", file=sys.stderr, flush=True)
+            cluster.start(timeout=120, fresh=True)
+            bootstrap, broker = cluster.bootstrap, "started by the bench"
+        with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+            bench = Bench(args, bootstrap, Path(workdir))
+            began = time.monotonic()
+            try:
+                bench.run()
+            except BenchError as exc:
+                print(f"[bench] stopped early: {exc}", file=sys.stderr)
+            report = {
+                "machine": {"cores": os.cpu_count(), "python": f"Python {platform.python_version()}",
+                            "platform": platform.platform(), "broker_version": kafka_local.kafka_version(),
+                            "bootstrap": bootstrap, "broker": broker,
+                            "confluent_kafka": confluent_kafka.__version__,
+                            "librdkafka": confluent_kafka.libversion()[0], "fastavro": fastavro.__version__},
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                             if k != "json_out"},
+                "latency_hook": bench.has_latency_hook,
+                "cases": bench.results,
+                "seconds": round(time.monotonic() - began, 1),
+            }
+            report["targets"] = summarize(report["cases"], args)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    args.json_out.parent.mkdir(parents=True, exist_ok=True)
+    args.json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(table(report))
+    print(f"\n(JSON: {args.json_out.name}; {report['seconds']:.0f} s)")
+    errors = sum(len(case.get("errors", [])) for case in report["cases"].values())
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

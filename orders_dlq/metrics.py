@@ -1,0 +1,244 @@
+"""Prometheus metrics of the scripts, served on 127.0.0.1 with --metrics-port PORT (env METRICS_PORT).
+
+0 or absent means off: nothing listens. On, each script serves http://127.0.0.1:PORT/metrics (the
+loopback interface only: put a reverse proxy or an agent in front to expose it). The values live in
+the process, so they start at zero with every run; Prometheus' rate() and increase() handle that.
+
+Names (all prefixed `orders_dlq_`; counters end in `_total` on the wire):
+
+consumer_aggregation.py
+  orders_dlq_orders_processed_total                   orders aggregated (counted once per consume batch)
+  orders_dlq_dead_letters_total{stage,reason}         dead letters created (stage deserialize, validate,
+                                                      process); also producer.py (stage produce)
+  orders_dlq_consumer_lag{topic,partition}            high watermark (last stable offset: the consumer
+                                                      reads read_committed) minus the committed offset,
+                                                      per owned partition, updated at most once a second
+  orders_dlq_spool_size                               rows in the local spool (also producer.py)
+
+producer.py
+  orders_dlq_orders_produced_total                    orders handed to the Kafka client (first attempts)
+  orders_dlq_orders_sent_total                        orders the broker acknowledged
+  orders_dlq_delivery_retries_total                   delivery attempts after a failed one
+  orders_dlq_dead_letters_total{stage="produce",reason}
+  orders_dlq_spool_size
+
+dlq_consumer.py (the monitor; the values are those of its selection: --stage, --reason, ...)
+  orders_dlq_monitor_dead_letters_seen_total{stage,reason}   dead letters read from the DLQ
+  orders_dlq_monitor_dead_letter_rate_per_minute      dead letters that failed within the last
+                                                      --rate-window seconds, per minute
+  orders_dlq_monitor_orders_topic_messages            messages in the orders topic (sum of high minus
+                                                      low watermarks: an approximation, see monitor.py)
+  orders_dlq_monitor_dead_letter_share                dead letters / orders (absent until known)
+  orders_dlq_monitor_oldest_dead_letter_age_seconds   age of the oldest and the newest dead letter
+  orders_dlq_monitor_newest_dead_letter_age_seconds
+
+Label cardinality is bounded: `reason` is the reason's category (the text before ': ', as
+stats.reason_category, so "price must be positive: -3.00" is "price must be positive"), cut to
+80 characters, and after MAX_REASONS distinct categories any new one is counted as "other".
+
+Cost: counters are updated per batch (or per throttled sync of a running total), never per order;
+dead letters are counted where they are created, since they are rare.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaException, TopicPartition
+from prometheus_client import REGISTRY, Counter, Gauge, disable_created_metrics, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from orders_dlq.cli import UsageError, log, setting
+from orders_dlq.stats import reason_category
+
+PREFIX = "orders_dlq_"
+MAX_REASONS = 50
+MAX_REASON_LENGTH = 80
+OTHER_REASON = "other"
+
+# Created unregistered: updating them costs the same either way, and each script's endpoint shows
+# only the metrics of its role (serve() registers them), not zeros of the others'.
+ORDERS_PROCESSED = Counter(PREFIX + "orders_processed", "Orders aggregated by the consumer", registry=None)
+DEAD_LETTERS = Counter(PREFIX + "dead_letters", "Dead letters created, by stage and reason category",
+                       ["stage", "reason"], registry=None)
+DELIVERY_RETRIES = Counter(PREFIX + "delivery_retries", "Order delivery attempts after a failed one", registry=None)
+ORDERS_PRODUCED = Counter(PREFIX + "orders_produced", "Orders handed to the Kafka client (first attempts)",
+                          registry=None)
+ORDERS_SENT = Counter(PREFIX + "orders_sent", "Orders acknowledged by the broker", registry=None)
+SPOOL_SIZE = Gauge(PREFIX + "spool_size", "Dead letters waiting in the local spool", registry=None)
+CONSUMER_LAG = Gauge(PREFIX + "consumer_lag", "High watermark minus committed offset", ["topic", "partition"],
+                     registry=None)
+MONITOR_SEEN = Counter(PREFIX + "monitor_dead_letters_seen", "Dead letters read by the monitor, by stage and "
+                       "reason category", ["stage", "reason"], registry=None)
+
+
+class MonitorGauges(Collector):
+    """The monitor's gauges, from its last refresh; a value not known yet (no dead letter, no orders
+    topic) is left out rather than shown as 0."""
+
+    HELP = {
+        "monitor_dead_letter_rate_per_minute": "Dead letters per minute that failed within the rate window",
+        "monitor_orders_topic_messages": "Messages in the orders topic (sum of high minus low watermarks)",
+        "monitor_dead_letter_share": "Dead letters divided by orders (an estimate from offsets)",
+        "monitor_oldest_dead_letter_age_seconds": "Seconds since the oldest dead letter failed",
+        "monitor_newest_dead_letter_age_seconds": "Seconds since the newest dead letter failed",
+    }
+
+    def __init__(self):
+        self.values: dict[str, float] = {}
+
+    def update(self, **values: float | None) -> None:
+        self.values = {name: value for name, value in values.items() if value is not None}  # one swap: thread-safe
+
+    def collect(self):
+        values = self.values
+        for name, text in self.HELP.items():
+            if name in values:
+                yield GaugeMetricFamily(PREFIX + name, text, value=values[name])
+
+
+MONITOR_GAUGES = MonitorGauges()
+
+PRODUCER = (ORDERS_PRODUCED, ORDERS_SENT, DELIVERY_RETRIES, DEAD_LETTERS, SPOOL_SIZE)
+CONSUMER = (ORDERS_PROCESSED, DEAD_LETTERS, CONSUMER_LAG, SPOOL_SIZE)
+MONITOR = (MONITOR_SEEN, MONITOR_GAUGES)
+
+_reasons: set[str] = set()
+
+
+def reason_label(reason: str | None) -> str:
+    """A bounded label value for a reason: its category, or "other" once MAX_REASONS are in use."""
+    category = reason_category(reason or "unknown").strip()[:MAX_REASON_LENGTH] or "unknown"
+    if category in _reasons:
+        return category
+    if len(_reasons) >= MAX_REASONS:
+        return OTHER_REASON
+    _reasons.add(category)
+    return category
+
+
+def dead_letter_created(stage: str, reason: str) -> None:
+    """Count one dead letter where it is made (rare: the labels lookup is no hot-path cost)."""
+    DEAD_LETTERS.labels(stage, reason_label(reason)).inc()
+
+
+# -- serving -------------------------------------------------------------------------------------
+
+def _port(raw) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a TCP port between 0 and 65535, got {raw}")
+    return value
+
+
+_port.__name__ = "port"
+
+
+def add_metrics_argument(parser) -> None:
+    parser.add_argument("--metrics-port", type=_port, metavar="PORT",
+                        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (env METRICS_PORT; "
+                             "0 = off, the default)")
+
+
+def serve(args, collectors) -> int:
+    """Serve `collectors` (PRODUCER, CONSUMER or MONITOR) if --metrics-port / METRICS_PORT asks for it.
+
+    Returns the port, 0 when off.
+    """
+    port = setting(args, "metrics_port", "METRICS_PORT", 0, _port)
+    if not port:
+        return 0
+    disable_created_metrics()  # no *_created series: one sample per counter
+    for collector in collectors:
+        REGISTRY.register(collector)
+    try:
+        start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on 127.0.0.1:{port} (--metrics-port/METRICS_PORT): "
+                         f"{exc.strerror or exc}") from None
+    log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    return port
+
+
+# -- keeping counters in step with running totals --------------------------------------------------
+
+class RunningTotal:
+    """Moves a counter along a running total kept elsewhere (e.g. OrderSender.delivered): inc by the delta."""
+
+    def __init__(self, counter):
+        self.counter = counter
+        self.last = 0
+
+    def sync(self, total: int) -> None:
+        if total > self.last:
+            self.counter.inc(total - self.last)
+        self.last = max(self.last, total)
+
+
+class Throttle:
+    """True at most once per `interval` seconds (the first call included)."""
+
+    def __init__(self, interval: float, clock=time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self.next = float("-inf")
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if now < self.next:
+            return False
+        self.next = now + self.interval
+        return True
+
+
+class ConsumerMetrics:
+    """consumer_aggregation.py's on_batch hook: processed orders per batch, lag at most once a second."""
+
+    def __init__(self, lag_interval: float = 1.0, then=None):
+        self.then = then  # another on_batch hook (the running-average printer)
+        self.processed = RunningTotal(ORDERS_PROCESSED)
+        self.lag_due = Throttle(lag_interval)
+        self.lag_partitions: set[tuple[str, str]] = set()
+
+    def __call__(self, aggregator) -> None:
+        self.processed.sync(aggregator.run_processed)
+        if self.lag_due():
+            self.update_lag(aggregator)
+        if self.then is not None:
+            self.then(aggregator)
+
+    def update_lag(self, aggregator) -> None:
+        current = set()
+        for partition, state in list(aggregator.committed.items()):
+            try:
+                # Cached: the high watermark the last fetch brought, no request to the broker.
+                _low, high = aggregator.consumer.get_watermark_offsets(
+                    TopicPartition(aggregator.topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high is None or high < 0:
+                continue  # nothing fetched yet
+            labels = (aggregator.topic, str(partition))
+            CONSUMER_LAG.labels(*labels).set(max(0, high - state.next_offset))
+            current.add(labels)
+        for labels in self.lag_partitions - current:
+            try:
+                CONSUMER_LAG.remove(*labels)
+            except KeyError:
+                pass
+        self.lag_partitions = current
+
+
+class ProducerMetrics:
+    """producer.py: produced and sent orders, synced from its running totals at most every `interval` s."""
+
+    def __init__(self, interval: float = 0.5):
+        self.produced = RunningTotal(ORDERS_PRODUCED)
+        self.sent = RunningTotal(ORDERS_SENT)
+        self.due = Throttle(interval)
+
+    def update(self, produced: int, sent: int, force: bool = False) -> None:
+        if force or self.due():
+            self.produced.sync(produced)
+            self.sent.sync(sent)

@@ -1,0 +1,46 @@
+"""Smoke test of the benchmark: bench/run.py --tiny runs every case against the session's broker.
+
+A benchmark is not a test: nothing here looks at a timing, only that every case ran and the
+JSON report is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import run as bench_run  # noqa: E402  (bench/run.py)
+
+pytestmark = pytest.mark.integration
+
+
+def test_tiny_bench_runs_every_case_and_writes_json(kafka_bootstrap, tmp_path):
+    out = tmp_path / "results.json"
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--json-out", str(out)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr[-4000:]}"
+
+    report = json.loads(out.read_text())
+    assert report["machine"]["cores"] >= 1
+    assert report["machine"]["broker_version"]
+    assert report["machine"]["broker"] == "KAFKA_BOOTSTRAP_SERVERS"  # used the session's broker, started none
+    assert set(report["cases"]) == set(bench_run.CASES)
+    for name, case in report["cases"].items():
+        assert not case.get("errors"), (name, case.get("errors"))
+        if name == "memory_1m":
+            assert case["skipped"]  # --tiny never runs the 1M case
+        else:
+            assert len(case["runs"]) == 1, name
+    assert {t["status"] for t in report["targets"]} <= {"PASS", "MISS", "n/a"}
+    assert len(report["targets"]) >= 8
+    assert "target" in result.stdout and "limit_produce" in result.stdout

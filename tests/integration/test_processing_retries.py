@@ -1,0 +1,75 @@
+"""The `process` stage: an unexpected processing error is retried with backoff, then dead-lettered.
+
+The engine runs in-process against the real broker; only its processing step is replaced, by one
+that fails the way a flaky downstream service would.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from conftest import Pipeline, assert_summary_matches_truth
+from orders_dlq.aggregation import OrderAggregator
+from orders_dlq.cli import KafkaSettings
+from orders_dlq.retry import RetryPolicy
+
+pytestmark = pytest.mark.integration
+
+
+class FlakyPricingAggregator(OrderAggregator):
+    """Fudge orders fail `failures` times each (a pricing service timing out) before they succeed."""
+
+    def __init__(self, *args, failures: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failures = failures
+        self.attempts: Counter = Counter()
+
+    def process_order(self, aggregate, order):
+        if order["product"] == "Fudge":
+            self.attempts[order["order_id"]] += 1
+            if self.attempts[order["order_id"]] <= self.failures:
+                raise TimeoutError("pricing service did not answer")
+        super().process_order(aggregate, order)
+
+
+def run_engine(pipeline: Pipeline, failures: int, guarantee: str) -> FlakyPricingAggregator:
+    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
+    engine = FlakyPricingAggregator(settings, group=pipeline.group, state_topic=pipeline.state_topic,
+                                    guarantee=guarantee, failures=failures,
+                                    retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
+    engine.run(idle_timeout=3)
+    return engine
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_transient_processing_errors_are_retried_and_nothing_is_dead_lettered(pipeline: Pipeline, guarantee):
+    pipeline.scripts.json("producer.py", "--count", 300, "--seed", 17)
+
+    engine = run_engine(pipeline, failures=2, guarantee=guarantee)
+
+    fudge = [order_id for order_id, attempts in engine.attempts.items()]
+    assert fudge and all(engine.attempts[order_id] == 3 for order_id in fudge)
+    assert_summary_matches_truth(pipeline.report(), pipeline.truth())
+    assert pipeline.dead_letters() == []
+
+
+def test_persistent_processing_errors_go_to_the_dlq_after_max_attempts(pipeline: Pipeline):
+    pipeline.scripts.json("producer.py", "--count", 300, "--seed", 19)
+    truth = pipeline.truth()
+
+    engine = run_engine(pipeline, failures=1000, guarantee="exactly-once")
+
+    letters = pipeline.dead_letters()
+    fudge_count = truth["products"]["Fudge"]["count"]
+    assert len(letters) == fudge_count == len(engine.attempts)
+    for letter in letters:
+        assert letter["product"] == "Fudge"
+        assert letter["error_stage"] == "process" and letter["error_type"] == "TimeoutError"
+        assert letter["error_reason"] == "pricing service did not answer"
+        assert letter["retry_count"] == 3 == engine.attempts[letter["order_id"]]
+    report = pipeline.report()
+    assert "Fudge" not in report["products"]
+    assert report["overall"]["count"] == truth["count"] - fudge_count
+    assert report["dead_lettered"] == fudge_count
