@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-
 from conftest import Pipeline, assert_summary_matches_truth
+
 from orders_dlq.aggregation import OrderAggregator
 from orders_dlq.cli import KafkaSettings
 from orders_dlq.retry import RetryPolicy

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 SCRIPTS = ["setup_dlq.py", "producer.py", "consumer_aggregation.py", "dlq_producer.py", "dlq_consumer.py",
