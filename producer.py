@@ -15,7 +15,7 @@ from orders_dlq import cli, metrics
 from orders_dlq.codec import order_codec
 from orders_dlq.delivery import OrderSender
 from orders_dlq.dlq import drain_if_pending
-from orders_dlq.kafka import admin_client, cluster_reachable, reliable_producer_config, require_topics
+from orders_dlq.kafka import reachable, reliable_producer_config, require_topics
 from orders_dlq.orders import OrderGenerator
 from orders_dlq.retry import add_retry_arguments, retry_policy
 
@@ -62,17 +62,22 @@ def main(argv=None) -> int:
     client_id = f"producer.py@{socket.gethostname()}:{os.getpid()}"
     stop = cli.StopFlag().install()
 
+    producer = Producer(reliable_producer_config(settings, delivery_timeout, **{
+        "client.id": client_id,
+        # Report failures only: a Python callback per successful order costs more than the send.
+        "delivery.report.only.error": True,
+    }))
     dead_letters = DeadLetterProducer(settings, spool=spool, delivery_timeout=delivery_timeout)
-    if cluster_reachable(settings, timeout=3):
-        require_topics(admin_client(settings), [settings.topic, settings.dlq_topic])
+    # Asking the producer itself for metadata also opens its connection before the first order
+    # is created, so the first orders do not wait for it.
+    if reachable(producer, timeout=3):
+        require_topics(producer, [settings.topic, settings.dlq_topic])
         drain_if_pending(dead_letters)
     else:
         cli.log.warning("Kafka at %s does not answer: each order will be retried %d time(s) (at most %.0fs), "
                         "then dead-lettered", settings.bootstrap_servers, policy.max_attempts,
                         policy.total_bound(delivery_timeout))
-
     metrics.SPOOL_SIZE.set(spool.count())
-    producer = Producer(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}))
     sender = OrderSender(producer, settings.topic, policy, codec, client_id)
     generator = OrderGenerator(args.seed)
     progress = cli.Progress(count, "producing")
@@ -98,7 +103,6 @@ def main(argv=None) -> int:
             order = generator.bad() if kind == "invalid" else generator.good()
             key, value = order["order_id"].encode(), codec.encode(order)
         sender.send(key, value)
-        sender.service()
         progress.update(produced)
         if counts:
             counts.update(produced, sender.delivered)
@@ -111,7 +115,7 @@ def main(argv=None) -> int:
 
     result = None
     if sender.failed:
-        if sender.cluster_unreachable and not cluster_reachable(settings, timeout=2):
+        if sender.cluster_unreachable and not reachable(producer, timeout=2):
             # The DLQ lives on the same cluster: spool at once rather than wait for it again.
             spooled = dead_letters.spool_all(sender.failed)
             delivered = 0

@@ -90,8 +90,54 @@ class AvroCodec:
         return record
 
 
+# The order record's layout as the hand-written encoder below writes it.
+ORDER_LAYOUT = [("order_id", "string"), ("product", "string"), ("price", "bytes"), ("created_at", "long")]
+PRICE_SCALE = 2
+
+
+def _varint(value: int) -> bytes:
+    """Avro's zig-zag variable-length encoding of an int or long."""
+    value = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+class OrderCodec(AvroCodec):
+    """The order codec, with a hand-written encoder for the fixed four-field record.
+
+    The producer encodes every order; fastavro's per-call overhead was a third of its cost. The
+    bytes are identical to fastavro's (a property test checks it); if the schema file no longer
+    has this layout, the generic encoder is used.
+    """
+
+    def __init__(self, directory: Path | None = None):
+        super().__init__(ORDER_SCHEMA_FILE, directory)
+        fields = load_schema(ORDER_SCHEMA_FILE, directory)["fields"]
+        layout = [(f["name"], f["type"] if isinstance(f["type"], str) else f["type"].get("type")) for f in fields]
+        price = fields[2]["type"] if len(fields) > 2 else {}
+        self.fast = layout == ORDER_LAYOUT and isinstance(price, dict) and price.get("scale") == PRICE_SCALE
+
+    def encode(self, record: dict) -> bytes:
+        if not self.fast:
+            return super().encode(record)
+        order_id = record["order_id"].encode()
+        product = record["product"].encode()
+        scaled = record["price"].scaleb(PRICE_SCALE)
+        unscaled = int(scaled)
+        if unscaled != scaled:
+            raise ValueError(f"price {record['price']} has more than {PRICE_SCALE} decimal places")
+        # Decimal as Avro bytes: big-endian two's complement, as long as fastavro writes it.
+        price = unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
+        return b"".join((_varint(len(order_id)), order_id, _varint(len(product)), product,
+                         _varint(len(price)), price, _varint(record["created_at"])))
+
+
 def order_codec(directory: Path | None = None) -> AvroCodec:
-    return AvroCodec(ORDER_SCHEMA_FILE, directory)
+    return OrderCodec(directory)
 
 
 def dead_letter_codec(directory: Path | None = None) -> AvroCodec:

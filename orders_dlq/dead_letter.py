@@ -12,7 +12,7 @@ Our own `dlq.*` headers carry what neither has: stage, retry and replay counts, 
 from __future__ import annotations
 
 import struct
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 from orders_dlq.codec import AvroCodec, DecodeError
@@ -65,7 +65,8 @@ class DeadLetter:
                    price=order.get("price"), **context)
 
     def to_record(self) -> dict:
-        record = asdict(self)
+        # Not dataclasses.asdict: it deep-copies every field, bytes included, for nothing.
+        record = {name: getattr(self, name) for name in RECORD_FIELDS}
         record["original_headers"] = [{"key": k, "value": v} for k, v in self.original_headers]
         return record
 
@@ -170,3 +171,6 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
         original_value=value,
         original_headers=[(k, v) for k, v in header_list if not k.startswith(ERROR_HEADER_PREFIXES)],
     )
+
+
+RECORD_FIELDS = tuple(f.name for f in fields(DeadLetter))

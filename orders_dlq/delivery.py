@@ -24,6 +24,9 @@ class OrderSender:
     Each attempt is bounded by the producer's message.timeout.ms, so the whole life of an order
     is bounded by RetryPolicy.total_bound(). What still fails is kept as a produce-stage dead
     letter for the caller to hand to the DLQ (or the spool).
+
+    Only failures need a Python callback: with `delivery.report.only.error` librdkafka reports
+    just those, and an order is delivered once it has left librdkafka's queue without a report.
     """
 
     def __init__(self, producer: Producer, topic: str, policy: RetryPolicy, codec: AvroCodec, client_id: str):
@@ -32,16 +35,20 @@ class OrderSender:
         self.policy = policy
         self.codec = codec
         self.client_id = client_id
-        self.in_flight = 0
-        self.delivered = 0
+        self.attempts = 0  # produce() calls, retries included
+        self.failed_attempts = 0
         self.retries = 0
+        self._finished = False
         self.failed: list[DeadLetter] = []
         self.last_error: KafkaError | None = None
         self._due: list = []  # heap of (due time, sequence, key, value, attempts so far)
         self._sequence = itertools.count()
 
     def send(self, key: bytes, value: bytes) -> None:
+        """Hand one order to librdkafka (and serve delivery reports); the report decides success."""
         self._produce(key, value, 1, self._on_first_delivery)
+        if self._due:
+            self._produce_due_retries()
 
     def _produce(self, key, value, attempt, callback) -> None:
         while True:
@@ -52,17 +59,16 @@ class OrderSender:
                 # librdkafka's queue is full: serve delivery reports until there is room.
                 self.producer.poll(0.05)
                 self._produce_due_retries()
-        self.in_flight += 1
+        self.attempts += 1
         self.producer.poll(0)
 
     def _on_first_delivery(self, error, message) -> None:
         self._on_delivery(error, message, 1)
 
     def _on_delivery(self, error, message, attempt: int) -> None:
-        self.in_flight -= 1
         if error is None:
-            self.delivered += 1
-            return
+            return  # a success report (a producer without delivery.report.only.error): nothing to do
+        self.failed_attempts += 1
         self.last_error = error
         if attempt < self.policy.max_attempts and is_retryable(error):
             due = time.monotonic() + self.policy.backoff(attempt)
@@ -82,12 +88,29 @@ class OrderSender:
                           lambda error, message, attempt=attempt: self._on_delivery(error, message, attempt))
 
     def service(self, timeout: float = 0.0) -> None:
-        """Serve delivery reports and send the retries that are due."""
-        self.producer.poll(timeout)
-        self._produce_due_retries()
+        """Serve delivery reports and send the retries that are due, for `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            # poll() returns as soon as it served one event: loop until the time is really up.
+            self.producer.poll(max(0.0, min(deadline - time.monotonic(), 0.1)))
+            self._produce_due_retries()
+            if time.monotonic() >= deadline:
+                return
+
+    @property
+    def delivered(self) -> int:
+        """Orders acknowledged: every attempt that left librdkafka without a failure report.
+
+        Exact once finish() returned; before that an estimate (librdkafka's queue length also
+        counts events such as connection errors).
+        """
+        if self._finished:
+            return self.attempts - self.failed_attempts
+        return max(0, self.attempts - self.failed_attempts - len(self.producer))
 
     def pending(self) -> int:
-        return self.in_flight + len(self._due)
+        # len(producer): messages queued or in flight, plus delivery reports not yet served.
+        return len(self.producer) + len(self._due)
 
     def finish(self, progress=None) -> None:
         """Wait until every order is delivered or has failed for good (bounded by the policy)."""
@@ -95,6 +118,7 @@ class OrderSender:
             self.service(0.05)
             if progress:
                 progress()
+        self._finished = True
 
     def _dead_letter(self, message, error: KafkaError, attempts: int) -> DeadLetter:
         try:

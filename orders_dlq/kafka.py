@@ -50,9 +50,10 @@ def admin_client(settings: KafkaSettings) -> AdminClient:
     return AdminClient(settings.client_config(**common_client_config()))
 
 
-def cluster_reachable(settings: KafkaSettings, timeout: float) -> bool:
+def reachable(client, timeout: float) -> bool:
+    """Whether a client (producer, consumer or admin) gets cluster metadata within the timeout."""
     try:
-        admin_client(settings).list_topics(timeout=timeout)
+        client.list_topics(timeout=timeout)
         return True
     except KafkaException:
         return False
@@ -71,9 +72,9 @@ def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClie
     return admin
 
 
-def require_topics(admin: AdminClient, topics: list[str], timeout: float = 10.0) -> dict:
-    """Partition counts of topics that must exist (auto-creation is off on purpose)."""
-    metadata = admin.list_topics(timeout=timeout)
+def require_topics(client, topics: list[str], timeout: float = 10.0) -> dict:
+    """Partition counts of topics that must exist (auto-creation is off on purpose); any client will do."""
+    metadata = client.list_topics(timeout=timeout)
     missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
     if missing:
         raise ToolFailure(f"topic {', '.join(missing)} does not exist: run `python setup_dlq.py` first")

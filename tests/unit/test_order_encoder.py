@@ -1,0 +1,60 @@
+"""The hand-written order encoder writes exactly fastavro's bytes, and the fast UUIDs are real UUIDs."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orders_dlq.codec import ORDER_SCHEMA_FILE, AvroCodec, order_codec
+from orders_dlq.orders import OrderGenerator
+
+FAST = order_codec()
+REFERENCE = AvroCodec(ORDER_SCHEMA_FILE)  # the generic fastavro path
+
+orders = st.fixed_dictionaries({
+    "order_id": st.text(max_size=60),
+    "product": st.text(max_size=40),
+    "price": st.integers(min_value=-(10**12) + 1, max_value=10**12 - 1).map(lambda cents: Decimal(cents).scaleb(-2)),
+    "created_at": st.integers(min_value=-(2**63), max_value=2**63 - 1),
+})
+
+
+def test_the_fast_path_is_in_use():
+    assert FAST.fast
+
+
+@settings(max_examples=500, deadline=None)
+@given(orders)
+def test_fast_encoding_equals_fastavro(order):
+    assert FAST.encode(order) == REFERENCE.encode(order)
+    assert FAST.decode(FAST.encode(order)) == REFERENCE.decode(REFERENCE.encode(order))
+
+
+@pytest.mark.parametrize("price", ["0.00", "0.01", "-0.01", "1.27", "1.28", "-1.28", "-1.29", "327.67", "327.68",
+                                   "-327.68", "-327.69", "9999999999.99", "-9999999999.99", "10", "-7.5"])
+def test_decimal_byte_lengths_match_fastavro_at_the_boundaries(price):
+    order = {"order_id": "x", "product": "Toffee", "price": Decimal(price), "created_at": 0}
+    assert FAST.encode(order) == REFERENCE.encode(order)
+
+
+def test_more_than_two_decimal_places_is_refused_like_fastavro():
+    order = {"order_id": "x", "product": "Toffee", "price": Decimal("1.005"), "created_at": 0}
+    with pytest.raises(ValueError):
+        REFERENCE.encode(order)
+    with pytest.raises(ValueError):
+        FAST.encode(order)
+
+
+def test_generated_order_ids_are_the_uuid_modules_version_4_ids():
+    rng = random.Random(3)
+    for _ in range(2000):
+        seed = rng.getrandbits(64)
+        generator = OrderGenerator(seed)
+        expected = str(uuid.UUID(int=random.Random(seed).getrandbits(128), version=4))
+        assert generator.order_id() == expected
+        assert uuid.UUID(expected).version == 4
