@@ -43,6 +43,54 @@ def build_parser():
     return parser
 
 
+def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: int, rate: float,
+                bad_ratio: float, poison_ratio: float, stop, counts) -> tuple[int, dict]:
+    """Generate, encode and send `count` orders (some invalid or poison on purpose), paced at `rate`/s."""
+    progress = cli.Progress(count, "producing")
+    kinds = {"valid": 0, "invalid": 0, "poison": 0}
+    started = time.monotonic()
+    produced = 0
+    for produced in range(1, count + 1):
+        if stop:
+            produced -= 1
+            break
+        if rate:
+            # Pace by schedule, not by sleeping a fixed gap, so slow polls do not lower the rate.
+            delay = started + (produced - 1) / rate - time.monotonic()
+            if delay > 0:
+                sender.service(delay)
+        draw = generator.random.random()
+        if draw < poison_ratio:
+            kinds["poison"] += 1
+            key, value = generator.order_id().encode(), generator.poison()
+        else:
+            kind = "invalid" if draw < poison_ratio + bad_ratio else "valid"
+            kinds[kind] += 1
+            order = generator.bad() if kind == "invalid" else generator.good()
+            key, value = order["order_id"].encode(), codec.encode(order)
+        sender.send(key, value)
+        progress.update(produced)
+        if counts:
+            counts.update(produced, sender.delivered)
+    sender.finish(lambda: progress.update(produced))
+    if counts:
+        counts.update(produced, sender.delivered, force=True)
+    progress.update(produced, force=True)
+    progress.close()
+    return produced, kinds
+
+
+def hand_over_failures(sender: OrderSender, dead_letters: DeadLetterProducer, producer) -> tuple[int, int]:
+    """Orders that failed for good become dead letters: in the DLQ if Kafka takes them, else spooled."""
+    if not sender.failed:
+        return 0, 0
+    if sender.cluster_unreachable and not reachable(producer, timeout=2):
+        # The DLQ lives on the same cluster: spool at once rather than wait for it again.
+        return 0, dead_letters.spool_all(sender.failed)
+    result = dead_letters.send_confirmed(sender.failed)
+    return result.delivered, result.spooled
+
+
 def main(argv=None) -> int:
     args = cli.parse_args(build_parser(), argv)
     settings = cli.kafka_settings(args)
@@ -79,51 +127,11 @@ def main(argv=None) -> int:
                         policy.total_bound(delivery_timeout))
     metrics.SPOOL_SIZE.set(spool.count())
     sender = OrderSender(producer, settings.topic, policy, codec, client_id)
-    generator = OrderGenerator(args.seed)
-    progress = cli.Progress(count, "producing")
-    kinds = {"valid": 0, "invalid": 0, "poison": 0}
     started = time.monotonic()
-    produced = 0
-    for produced in range(1, count + 1):
-        if stop:
-            produced -= 1
-            break
-        if rate:
-            # Pace by schedule, not by sleeping a fixed gap, so slow polls do not lower the rate.
-            delay = started + (produced - 1) / rate - time.monotonic()
-            if delay > 0:
-                sender.service(delay)
-        draw = generator.random.random()
-        if draw < poison_ratio:
-            kinds["poison"] += 1
-            key, value = generator.order_id().encode(), generator.poison()
-        else:
-            kind = "invalid" if draw < poison_ratio + bad_ratio else "valid"
-            kinds[kind] += 1
-            order = generator.bad() if kind == "invalid" else generator.good()
-            key, value = order["order_id"].encode(), codec.encode(order)
-        sender.send(key, value)
-        progress.update(produced)
-        if counts:
-            counts.update(produced, sender.delivered)
-    sender.finish(lambda: progress.update(produced))
-    if counts:
-        counts.update(produced, sender.delivered, force=True)
-    progress.update(produced, force=True)
-    progress.close()
+    produced, kinds = send_orders(sender, OrderGenerator(args.seed), codec, count, rate, bad_ratio, poison_ratio,
+                                  stop, counts)
     elapsed = time.monotonic() - started
-
-    result = None
-    if sender.failed:
-        if sender.cluster_unreachable and not reachable(producer, timeout=2):
-            # The DLQ lives on the same cluster: spool at once rather than wait for it again.
-            spooled = dead_letters.spool_all(sender.failed)
-            delivered = 0
-        else:
-            result = dead_letters.send_confirmed(sender.failed)
-            delivered, spooled = result.delivered, result.spooled
-    else:
-        delivered = spooled = 0
+    delivered, spooled = hand_over_failures(sender, dead_letters, producer)
     dead_letters.close()
     metrics.SPOOL_SIZE.set(spool.count())
     summary = {

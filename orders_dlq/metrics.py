@@ -105,6 +105,7 @@ CONSUMER = (ORDERS_PROCESSED, DEAD_LETTERS, CONSUMER_LAG, SPOOL_SIZE)
 MONITOR = (MONITOR_SEEN, MONITOR_GAUGES)
 
 _reasons: set[str] = set()
+_serving = False  # set by serve(): counting is skipped in a process that exposes no metrics
 
 
 def reason_label(reason: str | None) -> str:
@@ -119,8 +120,9 @@ def reason_label(reason: str | None) -> str:
 
 
 def dead_letter_created(stage: str, reason: str) -> None:
-    """Count one dead letter where it is made (rare: the labels lookup is no hot-path cost)."""
-    DEAD_LETTERS.labels(stage, reason_label(reason)).inc()
+    """Count one dead letter where it is made (nothing to do when metrics are off)."""
+    if _serving:
+        DEAD_LETTERS.labels(stage, reason_label(reason)).inc()
 
 
 # -- serving -------------------------------------------------------------------------------------
@@ -157,6 +159,8 @@ def serve(args, collectors) -> int:
     except OSError as exc:
         raise UsageError(f"cannot serve metrics on 127.0.0.1:{port} (--metrics-port/METRICS_PORT): "
                          f"{exc.strerror or exc}") from None
+    global _serving
+    _serving = True
     log.info("metrics on http://127.0.0.1:%d/metrics", port)
     return port
 
