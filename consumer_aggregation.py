@@ -25,9 +25,9 @@ def build_parser():
     parser.add_argument("--guarantee", choices=GUARANTEES,
                         help="exactly-once (transactions, the default) or at-least-once (env GUARANTEE)")
     parser.add_argument("--instance-id",
-                        help="stable name of this instance (static group member, transactional id): a "
-                             "restart with the same name takes over at once and fences its predecessor "
-                             "(env INSTANCE_ID; default: anonymous)")
+                        help="stable name of this instance (its transactional id): a restart with the "
+                             "same name aborts its predecessor's open transaction at once instead of "
+                             "after the transaction timeout (env INSTANCE_ID; default: anonymous)")
     parser.add_argument("--state-topic", help="aggregate changelog (env STATE_TOPIC, default <topic>.aggregates)")
     parser.add_argument("--products", help="comma-separated products to accept (env PRODUCTS, default: "
                                            + ",".join(CATALOGUE) + ")")

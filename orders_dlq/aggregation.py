@@ -44,6 +44,9 @@ REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"
 # The retries of one message stop after this long even if attempts remain: well inside
 # max.poll.interval.ms (5 minutes), so a consumer never loses its partitions while it waits.
 MAX_RETRY_SECONDS = 60.0
+# With --idle-timeout, how long an instance without partitions waits before it gives up: longer
+# than a rebalance that waits for a dead member's session (10 s) to expire.
+UNASSIGNED_GRACE_SECONDS = 30.0
 
 
 def state_key(group: str, topic: str, partition: int) -> bytes:
@@ -99,9 +102,9 @@ class OrderAggregator:
         self.run_dead_lettered = 0
         self.commit_failures = 0
 
-        # A named instance is a static group member: when it restarts (after a crash, say) it takes
-        # its partitions back at once instead of waiting for a rebalance.
-        static_membership = {"group.instance.id": instance_id} if instance_id else {}
+        # No static membership (group.instance.id): with it, librdkafka fenced the instance for good
+        # when the group coordinator's broker died (tested on a 3-broker cluster). A restarted
+        # instance rejoins as a new member; the dead one is dropped after session.timeout.ms.
         self.consumer = Consumer(settings.client_config(**{
             "group.id": group,
             # Offsets move only when our commit says the work behind them is done.
@@ -112,7 +115,6 @@ class OrderAggregator:
             "isolation.level": "read_committed",
             # A killed instance's partitions move to the survivors after 10 s, not the 45 s default.
             "session.timeout.ms": 10000,
-            **static_membership,
             **common_client_config(),
         }))
         producer_extra = {}
@@ -157,8 +159,7 @@ class OrderAggregator:
                     self.last_activity = now
                     for message in messages:
                         self._handle(message)
-                elif idle_timeout is not None and now - self.last_activity >= idle_timeout:
-                    log.info("no new orders for %gs: stopping", idle_timeout)
+                elif idle_timeout is not None and self._idle_for(now, idle_timeout):
                     break
                 if now - last_commit >= self.commit_interval:
                     self.commit()
@@ -169,6 +170,19 @@ class OrderAggregator:
             return self.totals()
         finally:
             self.close()
+
+    def _idle_for(self, now: float, idle_timeout: float) -> bool:
+        """Idle time counts while partitions are assigned; without any (joining, or a rebalance
+        waiting for a dead member's session to expire) the consumer waits a while longer first."""
+        idle = now - self.last_activity
+        if self.states:
+            if idle >= idle_timeout:
+                log.info("no new orders for %gs: stopping", idle_timeout)
+                return True
+        elif idle >= max(idle_timeout, UNASSIGNED_GRACE_SECONDS):
+            log.info("no partitions assigned for %gs: stopping", idle)
+            return True
+        return False
 
     def totals(self) -> Aggregate:
         """The combined aggregate of the partitions this instance owns (including earlier runs)."""
@@ -186,8 +200,9 @@ class OrderAggregator:
     def _handle(self, message) -> None:
         error = message.error()
         if error is not None:
-            if error.fatal():
-                raise ToolFailure(f"consumer error: {error.str()}")
+            if error.fatal() or error.code() == KafkaError._FATAL:
+                raise ToolFailure(f"the consumer hit a fatal error and stops, nothing committed past it: "
+                                  f"{error.str()}")
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error.str())
             return
@@ -330,6 +345,9 @@ class OrderAggregator:
         self.delivery_errors.clear()
         for partition in self.dirty:
             snapshot = self.committed[partition]
+            undone = self.states[partition].aggregate
+            self.run_processed -= undone.processed - snapshot.aggregate.processed
+            self.run_dead_lettered -= undone.dead_lettered - snapshot.aggregate.dead_lettered
             self.states[partition] = snapshot.copy()
             if seek:
                 self.consumer.seek(TopicPartition(self.topic, partition, snapshot.next_offset))

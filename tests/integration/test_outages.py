@@ -38,7 +38,11 @@ def test_three_brokers_one_killed_while_producing_and_consuming_loses_nothing(tm
         # (idempotent, duplicate-free) retries do the work, not the application's.
         producer = scripts.spawn("producer.py", "--count", 20000, "--rate", 2500, "--poison-ratio", 0.002,
                                  "--delivery-timeout", 60, "--seed", 13, "--json")
-        wait_for(lambda: sum(max(o, 0) for o in pipeline.committed().values()) > 3000, 90, "progress")
+        try:
+            wait_for(lambda: sum(max(o, 0) for o in pipeline.committed().values()) > 3000, 120, "progress")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- consumer\n{consumer.stderr()[-3000:]}\n"
+                                 f"--- producer\n{producer.stderr()[-2000:]}") from None
         cluster.kill_broker(1)
 
         assert producer.wait(240) == 0, producer.stderr()[-2000:]
