@@ -273,10 +273,15 @@ class Bench:
         hook = summary.get("latency_ms") if isinstance(summary.get("latency_ms"), dict) else None
         run["hook_p50_ms"] = hook.get("p50") if hook else None
         run["hook_p99_ms"] = hook.get("p99") if hook else None
-        # The headline figure: creation -> aggregate visible to read_committed readers, steady state
-        # (an upper bound of creation -> aggregated). The hook's figures (all orders) are shown beside.
-        run["p50_ms"], run["p99_ms"] = run["visible_p50_ms"], run["visible_p99_ms"]
-        run["source"] = "changelog-visible, steady state: an upper bound"
+        # The headline is the definition, creation -> aggregated, measured by the consumer
+        # itself (--latency, every order, same machine clock). Without the hook, fall back to the
+        # time the aggregate became visible to read_committed readers (an upper bound).
+        if hook and hook.get("p99") is not None:
+            run["p50_ms"], run["p99_ms"] = run["hook_p50_ms"], run["hook_p99_ms"]
+            run["source"] = "creation -> aggregated (consumer --latency), all orders"
+        else:
+            run["p50_ms"], run["p99_ms"] = run["visible_p50_ms"], run["visible_p99_ms"]
+            run["source"] = "changelog-visible, steady state: an upper bound"
         self.record(case, run)
         return run
 
@@ -551,8 +556,9 @@ def table(report: dict) -> str:
     lines.append("")
     for name in ("latency_exactly_once", "latency_at_least_once"):
         med = results[name]["median"]
-        lines.append(f"{name:<22} visible p50 {fmt(med.get('p50_ms'), 1):>6} ms p99 {fmt(med.get('p99_ms'), 1):>6} ms "
-                     f"[hook p50/p99 {fmt(med.get('hook_p50_ms'), 1)}/{fmt(med.get('hook_p99_ms'), 1)}; "
+        lines.append(f"{name:<22} p50 {fmt(med.get('p50_ms'), 1):>6} ms p99 {fmt(med.get('p99_ms'), 1):>6} ms "
+                     f"[visible to readers p50/p99 {fmt(med.get('visible_p50_ms'), 1)}/"
+                     f"{fmt(med.get('visible_p99_ms'), 1)}; "
                      f"incl. 1st s {fmt(med.get('visible_all_p50_ms'), 1)}/{fmt(med.get('visible_all_p99_ms'), 1)}; "
                      f"changelog-stamped {fmt(med.get('changelog_stamp_p50_ms'), 1)}/"
                      f"{fmt(med.get('changelog_stamp_p99_ms'), 1)}]  consumer RSS {fmt(med.get('maxrss_mb'), 1)} MB"
