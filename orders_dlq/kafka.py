@@ -10,13 +10,18 @@ from confluent_kafka.admin import AdminClient
 from orders_dlq.cli import KafkaSettings, ToolFailure, librdkafka_logger, log
 
 _last_error_logged: dict[str, float] = {}
+_last_error: list[KafkaError | None] = [None]  # the latest cluster-level error, to explain a failure
 DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
+# Connection errors that mean "a broker answered but refused us", not "nothing is there".
+REFUSAL_WORDS = ("SASL", "SSL", "handshake", "uthenticat", "certificate")
 
 
 def log_client_error(error: KafkaError) -> None:
     """error_cb: librdkafka's cluster-level errors, each kind logged at most every 10 seconds."""
     now = time.monotonic()
     name = error.name()
+    if error.code() != KafkaError._ALL_BROKERS_DOWN:  # a summary: the error before it says why
+        _last_error[0] = error
     if now - _last_error_logged.get(name, 0) >= 10:
         _last_error_logged[name] = now
         log.warning("kafka: %s", error.str())
@@ -65,6 +70,12 @@ def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClie
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException:
+        admin.poll(0)  # serve the error events queued meanwhile (error_cb runs only from poll)
+        last = _last_error[0]
+        if last is not None and any(word in last.str() for word in REFUSAL_WORDS):
+            # The broker answered but refused us: authentication, TLS, protocol. Say that, not "down".
+            raise ToolFailure(f"Kafka at {settings.bootstrap_servers} refused the connection: {last.str()} "
+                              "(check the -X / KAFKA_CLIENT_CONFIG security settings)") from None
         raise ToolFailure(
             f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:g}s "
             "(is the broker running? try `make kafka-up`, or set KAFKA_BOOTSTRAP_SERVERS)"
