@@ -11,6 +11,7 @@ from orders_dlq.cli import KafkaSettings, ToolFailure, librdkafka_logger, log
 
 _last_error_logged: dict[str, float] = {}
 _last_error: list[KafkaError | None] = [None]  # the latest cluster-level error, to explain a failure
+_quiet = [False]  # while set, errors are recorded, not logged (the caller reports them in one sentence)
 DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
 # Connection errors that mean "a broker answered but refused us", not "nothing is there".
 REFUSAL_WORDS = ("SASL", "SSL", "handshake", "uthenticat", "certificate")
@@ -22,7 +23,7 @@ def log_client_error(error: KafkaError) -> None:
     name = error.name()
     if error.code() != KafkaError._ALL_BROKERS_DOWN:  # a summary: the error before it says why
         _last_error[0] = error
-    if now - _last_error_logged.get(name, 0) >= 10:
+    if not _quiet[0] and now - _last_error_logged.get(name, 0) >= 10:
         _last_error_logged[name] = now
         log.warning("kafka: %s", error.str())
 
@@ -70,7 +71,9 @@ def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClie
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException:
+        _quiet[0] = True
         admin.poll(0)  # serve the error events queued meanwhile (error_cb runs only from poll)
+        _quiet[0] = False
         last = _last_error[0]
         if last is not None and any(word in last.str() for word in REFUSAL_WORDS):
             # The broker answered but refused us: authentication, TLS, protocol. Say that, not "down".
