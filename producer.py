@@ -8,8 +8,6 @@ import os
 import socket
 import time
 
-from confluent_kafka import Producer
-
 from dlq_producer import DeadLetterProducer, add_spool_argument, open_spool
 from orders_dlq import cli, metrics
 from orders_dlq.codec import order_codec
@@ -110,11 +108,9 @@ def main(argv=None) -> int:
     client_id = f"producer.py@{socket.gethostname()}:{os.getpid()}"
     stop = cli.StopFlag().install()
 
-    producer = Producer(reliable_producer_config(settings, delivery_timeout, **{
-        "client.id": client_id,
-        # Report failures only: a Python callback per successful order costs more than the send.
-        "delivery.report.only.error": True,
-    }))
+    sender = OrderSender(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}),
+                         settings.topic, policy, codec, client_id)
+    producer = sender.producer
     dead_letters = DeadLetterProducer(settings, spool=spool, delivery_timeout=delivery_timeout)
     # Asking the producer itself for metadata also opens its connection before the first order
     # is created, so the first orders do not wait for it.
@@ -126,7 +122,6 @@ def main(argv=None) -> int:
                         "then dead-lettered", settings.bootstrap_servers, policy.max_attempts,
                         policy.total_bound(delivery_timeout))
     metrics.SPOOL_SIZE.set(spool.count())
-    sender = OrderSender(producer, settings.topic, policy, codec, client_id)
     started = time.monotonic()
     produced, kinds = send_orders(sender, OrderGenerator(args.seed), codec, count, rate, bad_ratio, poison_ratio,
                                   stop, counts)

@@ -95,6 +95,14 @@ ORDER_LAYOUT = [("order_id", "string"), ("product", "string"), ("price", "bytes"
 PRICE_SCALE = 2
 
 
+_ONE_BYTE = [bytes((n,)) for n in range(128)]
+
+
+def _length(size: int) -> bytes:
+    """The zig-zag varint of a string or bytes length: one byte below 64."""
+    return _ONE_BYTE[size << 1] if size < 64 else _varint(size)
+
+
 def _varint(value: int) -> bytes:
     """Avro's zig-zag variable-length encoding of an int or long."""
     value = (value << 1) ^ (value >> 63)
@@ -126,14 +134,14 @@ class OrderCodec(AvroCodec):
             return super().encode(record)
         order_id = record["order_id"].encode()
         product = record["product"].encode()
-        scaled = record["price"].scaleb(PRICE_SCALE)
-        unscaled = int(scaled)
-        if unscaled != scaled:
+        numerator, denominator = record["price"].as_integer_ratio()
+        unscaled, remainder = divmod(numerator * 10**PRICE_SCALE, denominator)
+        if remainder:
             raise ValueError(f"price {record['price']} has more than {PRICE_SCALE} decimal places")
         # Decimal as Avro bytes: big-endian two's complement, as long as fastavro writes it.
         price = unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
-        return b"".join((_varint(len(order_id)), order_id, _varint(len(product)), product,
-                         _varint(len(price)), price, _varint(record["created_at"])))
+        return b"".join((_length(len(order_id)), order_id, _length(len(product)), product,
+                         _length(len(price)), price, _varint(record["created_at"])))
 
 
 def order_codec(directory: Path | None = None) -> AvroCodec:

@@ -29,8 +29,14 @@ class OrderSender:
     just those, and an order is delivered once it has left librdkafka's queue without a report.
     """
 
-    def __init__(self, producer: Producer, topic: str, policy: RetryPolicy, codec: AvroCodec, client_id: str):
-        self.producer = producer
+    def __init__(self, config: dict, topic: str, policy: RetryPolicy, codec: AvroCodec, client_id: str):
+        self.producer = Producer({
+            **config,
+            # Report failures only, through one callback: a Python call per successful order, or a
+            # callback object per produce(), would cost more than sending the order.
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+        })
         self.topic = topic
         self.policy = policy
         self.codec = codec
@@ -43,17 +49,18 @@ class OrderSender:
         self.last_error: KafkaError | None = None
         self._due: list = []  # heap of (due time, sequence, key, value, attempts so far)
         self._sequence = itertools.count()
+        self._attempts_made: dict[tuple, int] = {}  # (key, value) -> attempts, for retried orders only
 
     def send(self, key: bytes, value: bytes) -> None:
         """Hand one order to librdkafka (and serve delivery reports); the report decides success."""
-        self._produce(key, value, 1, self._on_first_delivery)
+        self._produce(key, value)
         if self._due:
             self._produce_due_retries()
 
-    def _produce(self, key, value, attempt, callback) -> None:
+    def _produce(self, key, value) -> None:
         while True:
             try:
-                self.producer.produce(self.topic, value=value, key=key, on_delivery=callback)
+                self.producer.produce(self.topic, value=value, key=key)
                 break
             except BufferError:
                 # librdkafka's queue is full: serve delivery reports until there is room.
@@ -62,17 +69,16 @@ class OrderSender:
         self.attempts += 1
         self.producer.poll(0)
 
-    def _on_first_delivery(self, error, message) -> None:
-        self._on_delivery(error, message, 1)
-
-    def _on_delivery(self, error, message, attempt: int) -> None:
+    def _on_delivery(self, error, message) -> None:
         if error is None:
-            return  # a success report (a producer without delivery.report.only.error): nothing to do
+            return  # only failures are reported (delivery.report.only.error)
         self.failed_attempts += 1
         self.last_error = error
+        order = (message.key(), message.value())
+        attempt = self._attempts_made.pop(order, 1)
         if attempt < self.policy.max_attempts and is_retryable(error):
             due = time.monotonic() + self.policy.backoff(attempt)
-            heapq.heappush(self._due, (due, next(self._sequence), message.key(), message.value(), attempt))
+            heapq.heappush(self._due, (due, next(self._sequence), order[0], order[1], attempt))
             return
         self.failed.append(self._dead_letter(message, error, attempt))
         metrics.dead_letter_created("produce", self.failed[-1].error_reason)
@@ -84,8 +90,8 @@ class OrderSender:
             attempt = attempts + 1
             self.retries += 1
             metrics.DELIVERY_RETRIES.inc()  # only after a failure: rare
-            self._produce(key, value, attempt,
-                          lambda error, message, attempt=attempt: self._on_delivery(error, message, attempt))
+            self._attempts_made[(key, value)] = attempt
+            self._produce(key, value)
 
     def service(self, timeout: float = 0.0) -> None:
         """Serve delivery reports and send the retries that are due, for `timeout` seconds."""

@@ -64,7 +64,7 @@ class OrderGenerator:
 
     def good(self) -> dict:
         # Prices between 0.50 and 50.00 in whole cents: exact in decimal, not in binary floats.
-        cents = self.random.randint(50, 5000)
+        cents = 50 + int(self.random.random() * 4951)  # 50..5000; randint costs 3x more
         return {
             "order_id": self.order_id(),
             "product": self.random.choice(self.products),
