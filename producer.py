@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         require_topics(producer, [settings.topic, settings.dlq_topic])
         drain_if_pending(dead_letters)
     else:
-        cli.log.warning("Kafka at %s does not answer: each order will be retried %d time(s) (at most %.0fs), "
+        cli.log.warning("Kafka at %s does not answer: each order will be tried %d time(s) (for about %.0fs), "
                         "then dead-lettered", settings.bootstrap_servers, policy.max_attempts,
                         policy.total_bound(delivery_timeout))
     metrics.SPOOL_SIZE.set(spool.count())
