@@ -24,15 +24,20 @@ demo: $(VENV)/.runtime-installed
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest
 
-## kafka-up / kafka-down: a local KRaft broker on 127.0.0.1:9092 (BROKERS=3 for a cluster)
+## kafka-up / kafka-down: a local KRaft broker on 127.0.0.1:9092 (BROKERS=3 for a cluster on 9092/9094/9096)
+# A cluster of N > 1 brokers keeps its data apart (.kafka/data-N), so both sizes can be used in turn.
+KAFKA_DATA = .kafka/data$(if $(filter-out 1,$(BROKERS)),-$(BROKERS))
+
 kafka-up: $(VENV)/.runtime-installed
-	$(PY) scripts/kafka_local.py start --brokers $(BROKERS)
+	$(PY) scripts/kafka_local.py start --brokers $(BROKERS) --data-dir $(KAFKA_DATA)
 
 kafka-down: $(VENV)/.runtime-installed
-	$(PY) scripts/kafka_local.py stop
+	@for dir in .kafka/data .kafka/data-*; do \
+		if [ -d "$$dir" ]; then $(PY) scripts/kafka_local.py stop --data-dir "$$dir" || exit 1; fi; \
+	done
 
 kafka-status: $(VENV)/.runtime-installed
-	$(PY) scripts/kafka_local.py status
+	$(PY) scripts/kafka_local.py status --data-dir $(KAFKA_DATA)
 
 ## bench: throughput, latency and memory beside the raw client (see bench/README.md)
 bench: $(VENV)/.runtime-installed
