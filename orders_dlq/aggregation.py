@@ -101,6 +101,7 @@ class OrderAggregator:
         self.run_processed = 0
         self.run_dead_lettered = 0
         self.commit_failures = 0
+        self.failed = False  # set when the run stops on a fatal error
 
         # No static membership (group.instance.id): with it, librdkafka fenced the instance for good
         # when the group coordinator's broker died (tested on a 3-broker cluster). A restarted
@@ -157,8 +158,13 @@ class OrderAggregator:
                 now = time.monotonic()
                 if messages:
                     self.last_activity = now
-                    for message in messages:
-                        self._handle(message)
+                    try:
+                        for message in messages:
+                            self._handle(message)
+                    except (KafkaException, BufferError) as exc:
+                        # A dead letter could not even be queued (the transaction failed under
+                        # it): undo the unit, the rest of the batch included, and redo it later.
+                        self._rollback(exc, in_rebalance=False)
                 elif idle_timeout is not None and self._idle_for(now, idle_timeout):
                     break
                 if now - last_commit >= self.commit_interval:
@@ -191,7 +197,7 @@ class OrderAggregator:
     def close(self) -> None:
         try:
             self.consumer.close()  # revokes: the revoke callback commits what is pending
-        except (KafkaException, RuntimeError) as exc:
+        except (KafkaException, RuntimeError, ToolFailure) as exc:
             log.warning("closing the consumer: %s", exc)
         self.producer.flush(10)
 
@@ -201,8 +207,7 @@ class OrderAggregator:
         error = message.error()
         if error is not None:
             if error.fatal() or error.code() == KafkaError._FATAL:
-                raise ToolFailure(f"the consumer hit a fatal error and stops, nothing committed past it: "
-                                  f"{error.str()}")
+                self._fail(f"the consumer hit a fatal error and stops, nothing committed past it: {error.str()}")
             if error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error: %s", error.str())
             return
@@ -289,18 +294,19 @@ class OrderAggregator:
             return True
         offsets = [TopicPartition(self.topic, p, self.states[p].next_offset) for p in sorted(self.dirty)]
         try:
+            if not self.exactly_once:
+                # The dead letters first: a state (with its next_offset) must never reach the
+                # changelog before the dead letters of the orders it covers are confirmed.
+                self._settle_deliveries()
             for partition in self.dirty:
                 self.producer.produce(self.state_topic, key=state_key(self.group, self.topic, partition),
                                       value=self.states[partition].encode(),
                                       on_delivery=None if self.exactly_once else self._on_delivery)
             if self.exactly_once:
                 self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-                self.producer.commit_transaction(60)
+                self._commit_transaction()
             else:
-                remaining = self.producer.flush(30)
-                if remaining or self.delivery_errors:
-                    raise CommitFailed(self.delivery_errors[0] if self.delivery_errors
-                                       else f"{remaining} message(s) not acknowledged")
+                self._settle_deliveries()
                 self.consumer.commit(offsets=offsets, asynchronous=False)
         except (KafkaException, CommitFailed, BufferError) as exc:
             self._rollback(exc, in_rebalance)
@@ -315,12 +321,60 @@ class OrderAggregator:
             self.commit_failures = 0
         return True
 
+    def _settle_deliveries(self) -> None:
+        """At-least-once: wait until every message sent so far is acknowledged or has failed.
+
+        Each message is bounded by message.timeout.ms, so this ends; nothing of a unit is left
+        queued to be delivered behind the back of its rollback.
+        """
+        while self.producer.flush(1.0):
+            pass
+        if self.delivery_errors:
+            raise CommitFailed(self.delivery_errors[0])
+
+    def _commit_transaction(self, timeout: float = 120.0) -> None:
+        """commit_transaction, called again while its error is retriable (a timeout: the commit
+        goes on in the background and the same call picks it up)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.producer.commit_transaction(30)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not error.retriable() or time.monotonic() > deadline:
+                    raise
+                log.warning("committing the transaction: %s; trying again", error.str())
+
+    def _abort_transaction(self, timeout: float = 120.0) -> None:
+        """Abort the open transaction (retrying what is retriable), then begin the next one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.producer.abort_transaction(30)
+                break
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.fatal():
+                    self._fail(f"the transactional producer hit a fatal error: {error.str()}")
+                if time.monotonic() > deadline:
+                    self._fail(f"could not abort the transaction within {timeout:g}s: {error.str()}")
+                log.warning("aborting the transaction: %s; trying again", error.str())
+                time.sleep(1)
+        self.producer.begin_transaction()
+
+    def _fail(self, reason: str):
+        """Stop for good: nothing of the open unit is committed, not even by the revoke on close."""
+        self.failed = True
+        self.dirty.clear()
+        raise ToolFailure(reason)
+
     def _rollback(self, exc: Exception, in_rebalance: bool) -> None:
         """Undo the unit of work: abort, restore each partition's last committed state, seek back."""
         error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
         if isinstance(error, KafkaError) and error.fatal():
-            raise ToolFailure(f"this consumer was fenced or hit a fatal error: {error.str()} "
-                              "(another instance with the same --instance-id may be running)")
+            self._fail(f"this consumer was fenced or hit a fatal error: {error.str()} "
+                       "(another instance with the same --instance-id may be running)")
         reason = error.str() if isinstance(error, KafkaError) else str(exc)
         positions = ", ".join(f"{self.topic}[{p}]@{self.committed[p].next_offset}" for p in sorted(self.dirty))
         self._drop_uncommitted(seek=not in_rebalance)
@@ -337,11 +391,10 @@ class OrderAggregator:
 
     def _drop_uncommitted(self, seek: bool) -> None:
         if self.exactly_once:
-            try:
-                self.producer.abort_transaction(30)
-            except KafkaException as exc:
-                log.warning("aborting the transaction: %s", exc.args[0].str())
-            self.producer.begin_transaction()
+            self._abort_transaction()
+        else:
+            while self.producer.flush(1.0):  # let the abandoned unit's messages settle first
+                pass
         self.delivery_errors.clear()
         for partition in self.dirty:
             snapshot = self.committed[partition]
@@ -349,7 +402,10 @@ class OrderAggregator:
             self.run_processed -= undone.processed - snapshot.aggregate.processed
             self.run_dead_lettered -= undone.dead_lettered - snapshot.aggregate.dead_lettered
             self.states[partition] = snapshot.copy()
-            if seek:
+        if seek:
+            # Every owned partition, not only the touched ones: a batch abandoned half way may
+            # hold messages of partitions it had not reached yet.
+            for partition, snapshot in self.committed.items():
                 self.consumer.seek(TopicPartition(self.topic, partition, snapshot.next_offset))
         self.dirty.clear()
 
@@ -399,7 +455,8 @@ class OrderAggregator:
 
     def _on_revoke(self, consumer, partitions) -> None:
         # Finish the unit of work while we still own these partitions; the next owner restores it.
-        self.commit(in_rebalance=True)
+        if not self.failed:
+            self.commit(in_rebalance=True)
         for tp in partitions:
             self.states.pop(tp.partition, None)
             self.committed.pop(tp.partition, None)

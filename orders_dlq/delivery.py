@@ -35,7 +35,7 @@ class OrderSender:
             # Report failures only, through one callback: a Python call per successful order, or a
             # callback object per produce(), would cost more than sending the order.
             "delivery.report.only.error": True,
-            "on_delivery": self._on_delivery,
+            "on_delivery": self._on_first_attempt,
         })
         self.topic = topic
         self.policy = policy
@@ -49,7 +49,6 @@ class OrderSender:
         self.last_error: KafkaError | None = None
         self._due: list = []  # heap of (due time, sequence, key, value, attempts so far)
         self._sequence = itertools.count()
-        self._attempts_made: dict[tuple, int] = {}  # (key, value) -> attempts, for retried orders only
 
     def send(self, key: bytes, value: bytes) -> None:
         """Hand one order to librdkafka (and serve delivery reports); the report decides success."""
@@ -57,10 +56,11 @@ class OrderSender:
         if self._due:
             self._produce_due_retries()
 
-    def _produce(self, key, value) -> None:
+    def _produce(self, key, value, on_delivery=None) -> None:
         while True:
             try:
-                self.producer.produce(self.topic, value=value, key=key)
+                # Without on_delivery the producer-wide callback (a first attempt) reports failures.
+                self.producer.produce(self.topic, value=value, key=key, on_delivery=on_delivery)
                 break
             except BufferError:
                 # librdkafka's queue is full: serve delivery reports until there is room.
@@ -69,16 +69,17 @@ class OrderSender:
         self.attempts += 1
         self.producer.poll(0)
 
-    def _on_delivery(self, error, message) -> None:
+    def _on_first_attempt(self, error, message) -> None:
+        self._on_delivery(error, message, 1)
+
+    def _on_delivery(self, error, message, attempt: int) -> None:
         if error is None:
             return  # only failures are reported (delivery.report.only.error)
         self.failed_attempts += 1
         self.last_error = error
-        order = (message.key(), message.value())
-        attempt = self._attempts_made.pop(order, 1)
         if attempt < self.policy.max_attempts and is_retryable(error):
             due = time.monotonic() + self.policy.backoff(attempt)
-            heapq.heappush(self._due, (due, next(self._sequence), order[0], order[1], attempt))
+            heapq.heappush(self._due, (due, next(self._sequence), message.key(), message.value(), attempt))
             return
         self.failed.append(self._dead_letter(message, error, attempt))
         metrics.dead_letter_created("produce", self.failed[-1].error_reason)
@@ -90,8 +91,9 @@ class OrderSender:
             attempt = attempts + 1
             self.retries += 1
             metrics.DELIVERY_RETRIES.inc()  # only after a failure: rare
-            self._attempts_made[(key, value)] = attempt
-            self._produce(key, value)
+            # A retry (rare) carries its attempt number in a callback of its own.
+            self._produce(key, value,
+                          lambda error, message, attempt=attempt: self._on_delivery(error, message, attempt))
 
     def service(self, timeout: float = 0.0) -> None:
         """Serve delivery reports and send the retries that are due, for `timeout` seconds."""

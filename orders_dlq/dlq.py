@@ -78,11 +78,10 @@ class DeadLetterProducer:
 
         for dead_letter in dead_letters:
             self.send(dead_letter, confirm(dead_letter))
-        remaining = self.producer.flush(self.delivery_timeout + 5)
-        if remaining:
-            # flush() gave up with messages still queued: treat them as not delivered.
-            failed_ids = {id(d) for d, _ in failed}
-            failed += [(d, "not acknowledged in time") for d in dead_letters if id(d) not in failed_ids][:remaining]
+        # Every message ends, delivered or failed, within message.timeout.ms: wait for all of them,
+        # so each dead letter has its own outcome before any is spooled.
+        while self.producer.flush(1.0):
+            pass
         if failed:
             log.warning("%d dead letter(s) could not be delivered to %s (%s)", len(failed), self.topic, failed[0][1])
             result.spooled = self.spool_all([d for d, _ in failed])

@@ -106,10 +106,13 @@ def test_scale_out_three_instances_one_killed_report_is_exact(kafka_bootstrap, t
         assert len(positions) == sum(truth["failures"].values())
 
 
-def test_dlq_unavailable_holds_position_then_resumes_with_nothing_skipped(pipeline: Pipeline, admin: AdminClient):
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_dlq_unavailable_holds_position_then_resumes_with_nothing_skipped(pipeline: Pipeline, admin: AdminClient,
+                                                                         guarantee):
     pipeline.scripts.json("producer.py", "--count", 300, "--seed", 2)
     # Short delivery attempts so the failing commits come round quickly.
     consumer = pipeline.scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 8,
+                                      "--guarantee", guarantee,
                                       "--json", "--retry-backoff-max-ms", 1000, "-X", "message.timeout.ms=3000",
                                       *CONSUMER_ARGS)
     wait_for(lambda: consumed(pipeline) == 300, 60, "the first 300 orders to be committed")
