@@ -139,3 +139,26 @@ def test_dlq_unavailable_holds_position_then_resumes_with_nothing_skipped(pipeli
     letters = pipeline.dead_letters()
     assert sorted(letter["original_value"] for letter in letters) == [b"poison one", b"poison two"]
     assert "commits succeed again" in consumer.stderr()
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_consumer_killed_while_the_dlq_is_missing_loses_no_dead_letter(pipeline: Pipeline, admin: AdminClient,
+                                                                       guarantee):
+    consumer = pipeline.scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--guarantee", guarantee,
+                                      "--idle-timeout", 60, "--instance-id", "one", "-X", "message.timeout.ms=3000",
+                                      *CONSUMER_ARGS)
+    wait_for(lambda: "assigned" in consumer.stderr(), 60, "the consumer to get its partitions")
+    admin.delete_topics([pipeline.dlq_topic])[pipeline.dlq_topic].result(timeout=30)
+    wait_for(lambda: pipeline.dlq_topic not in admin.list_topics(timeout=10).topics, 30, "the DLQ to be gone")
+    valid = [encode_order(a_valid_order(f"{n}.10")) for n in range(1, 41)]
+    pipeline.produce_raw(valid[:20] + [b"poison while the DLQ is missing"] + valid[20:], key=b"same-partition")
+    wait_for(lambda: "commit failed" in consumer.stderr(), 90, "the consumer to hold on the missing DLQ")
+
+    assert consumer.kill() == -signal.SIGKILL
+    pipeline.setup()
+    summary = pipeline.consume("--guarantee", guarantee, "--instance-id", "one", *CONSUMER_ARGS)
+
+    assert summary["overall"]["count"] == 40 and summary["dead_lettered"] == 1
+    assert_summary_matches_truth(summary, pipeline.truth())
+    letters = pipeline.dead_letters()
+    assert [letter["original_value"] for letter in letters] == [b"poison while the DLQ is missing"]
