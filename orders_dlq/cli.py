@@ -262,6 +262,10 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         code = EXIT_USAGE
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:
+        # Whoever read our stdout went away (`| head`): stop quietly, without a traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_FAILURE
     sys.exit(code)
 
 
