@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from orders_dlq import cli, metrics
 from orders_dlq.codec import DecodeError, dead_letter_codec
-from orders_dlq.dead_letter import STAGES, DeadLetter, DeadLetterCodec
+from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec
 from orders_dlq.kafka import read_to_end, reader_config, require_cluster, require_topics
 from orders_dlq.monitor import (
     CLEAR_SCREEN,
@@ -38,7 +38,7 @@ from orders_dlq.monitor import (
     describe_line,
     topic_count,
 )
-from orders_dlq.replay import Selection, error_time, parse_time
+from orders_dlq.replay import add_selection_arguments, error_time, selection_from_args
 
 EXAMPLE = "python dlq_consumer.py --stage validate --json"
 
@@ -47,16 +47,7 @@ def build_parser():
     parser = cli.build_parser(__doc__.splitlines()[0], EXAMPLE)
     parser.add_argument("--follow", action="store_true",
                         help="keep monitoring: a live view on a terminal, plain lines otherwise")
-    select = parser.add_argument_group("selection (all given criteria must hold)")
-    select.add_argument("--reason", help="only dead letters whose reason contains this text (case-insensitive)")
-    select.add_argument("--stage", choices=STAGES, help="only this stage")
-    select.add_argument("--product", help="only this product")
-    select.add_argument("--original-topic", metavar="TOPIC", help="only dead letters that came from this topic")
-    select.add_argument("--since", type=_time, metavar="ISO-TIME",
-                        help="only dead letters that failed at or after this time, e.g. 2026-11-28T09:00 "
-                             "(local time without a zone; 2026-11-28T08:00Z or +01:00 name one)")
-    select.add_argument("--until", type=_time, metavar="ISO-TIME",
-                        help="only dead letters that failed before this time")
+    add_selection_arguments(parser, offsets=False)
     parser.add_argument("--limit", type=cli.positive(int), help="stop after this many matching dead letters")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
@@ -71,13 +62,6 @@ def build_parser():
                              "orders, e.g. 0.05 for 5%% (with --follow: checked at every refresh)")
     metrics.add_metrics_argument(parser)
     return parser
-
-
-def _time(raw: str):
-    return parse_time(raw)
-
-
-_time.__name__ = "ISO-8601 time"
 
 
 def as_json(dead_letter: DeadLetter, message) -> dict:
@@ -121,8 +105,7 @@ class DlqMonitor:
         self.settings = settings
         self.stop = stop
         self.codec = DeadLetterCodec(dead_letter_codec())
-        self.selection = Selection(reason=args.reason, stage=args.stage, product=args.product,
-                                   original_topic=args.original_topic, since=args.since, until=args.until)
+        self.selection = selection_from_args(args)
         self.monitor = Monitor(settings.topic, RATE_WINDOW)
         self.consumer = Consumer(reader_config(settings, f"dlq-monitor-{uuid.uuid4()}"))
         # Offsets are asked on a client of their own: on the reading one each request would wait

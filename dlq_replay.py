@@ -24,16 +24,14 @@ from __future__ import annotations
 import json
 
 from orders_dlq import cli
-from orders_dlq.dead_letter import STAGES
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.replay import (
     DEFAULT_MAX_REPLAYS,
     Decision,
     Replayer,
     ReplayOptions,
-    Selection,
-    parse_offset,
-    parse_time,
+    add_selection_arguments,
+    selection_from_args,
     validate_options,
 )
 
@@ -42,19 +40,7 @@ EXAMPLE = 'python dlq_replay.py --reason "unknown product" --dry-run     # then 
 
 def build_parser():
     parser = cli.build_parser(__doc__, EXAMPLE)
-    select = parser.add_argument_group("selection (all given criteria must hold)")
-    select.add_argument("--reason", help="dead letters whose reason contains this text (case-insensitive)")
-    select.add_argument("--stage", choices=STAGES, help="dead letters of this stage")
-    select.add_argument("--product", help="dead letters of this product")
-    select.add_argument("--original-topic", metavar="TOPIC", help="dead letters that came from this topic")
-    select.add_argument("--since", type=_time, metavar="ISO-TIME",
-                        help="failed at or after this time, e.g. 2026-11-28T09:00 (local time without a zone)")
-    select.add_argument("--until", type=_time, metavar="ISO-TIME", help="failed before this time")
-    select.add_argument("--from-offset", type=_offset, action="append", default=[], metavar="[PARTITION:]OFFSET",
-                        help="DLQ offsets from this one (inclusive), in every partition or in PARTITION; "
-                             "repeatable")
-    select.add_argument("--to-offset", type=_offset, action="append", default=[], metavar="[PARTITION:]OFFSET",
-                        help="DLQ offsets up to this one (inclusive); repeatable")
+    add_selection_arguments(parser, offsets=True)
     replay = parser.add_argument_group("replay")
     replay.add_argument("--to", dest="to_topic", metavar="TOPIC",
                         help="send every selected message to this topic instead of its original topic")
@@ -85,28 +71,12 @@ def build_parser():
     return parser
 
 
-def _time(raw: str):
-    return parse_time(raw)
-
-
-_time.__name__ = "ISO-8601 time"
-
-
-def _offset(raw: str):
-    return parse_offset(raw)
-
-
-_offset.__name__ = "[PARTITION:]OFFSET"
-
-
 def main(argv=None) -> int:
     args = cli.parse_args(build_parser(), argv)
     settings = cli.kafka_settings(args)
     group = cli.setting(args, "group", "REPLAY_GROUP", f"{settings.dlq_topic}.replayer")
     options = ReplayOptions(
-        selection=Selection(reason=args.reason, stage=args.stage, product=args.product,
-                            original_topic=args.original_topic, since=args.since, until=args.until,
-                            from_offsets=args.from_offset, to_offsets=args.to_offset),
+        selection=selection_from_args(args),
         group=group,
         to_topic=args.to_topic,
         max_replays=cli.setting(args, "max_replays", "REPLAY_MAX_REPLAYS", DEFAULT_MAX_REPLAYS, cli.positive(int)),

@@ -32,7 +32,7 @@ from orders_dlq.cli import KafkaSettings, StopFlag, ToolFailure, log
 from orders_dlq.codec import DecodeError, order_codec
 from orders_dlq.dead_letter import OUR_PREFIX, DeadLetter
 from orders_dlq.dlq import DeadLetterProducer
-from orders_dlq.kafka import common_client_config, read_to_end, reader_config, reliable_producer_config
+from orders_dlq.kafka import common_client_config, read_to_end, reader_config, reliable_producer_config, settle
 from orders_dlq.orders import CATALOGUE, InvalidOrder, validate
 from orders_dlq.retry import RetryPolicy, is_retryable
 from orders_dlq.stats import Aggregate, LatencyReservoir, PartitionState, combine
@@ -327,8 +327,7 @@ class OrderAggregator:
         Each message is bounded by message.timeout.ms, so this ends; nothing of a unit is left
         queued to be delivered behind the back of its rollback.
         """
-        while self.producer.flush(1.0):
-            pass
+        settle(self.producer)
         if self.delivery_errors:
             raise CommitFailed(self.delivery_errors[0])
 
@@ -393,8 +392,7 @@ class OrderAggregator:
         if self.exactly_once:
             self._abort_transaction()
         else:
-            while self.producer.flush(1.0):  # let the abandoned unit's messages settle first
-                pass
+            settle(self.producer)  # the abandoned unit's messages end before it is redone
         self.delivery_errors.clear()
         for partition in self.dirty:
             snapshot = self.committed[partition]

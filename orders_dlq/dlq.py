@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from orders_dlq.cli import KafkaSettings, ToolFailure, log
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec
-from orders_dlq.kafka import read_to_end, reader_config, reliable_producer_config
+from orders_dlq.kafka import read_to_end, reader_config, reliable_producer_config, settle
 from orders_dlq.spool import SPOOL_ID_HEADER, Spool
 
 
@@ -80,8 +80,7 @@ class DeadLetterProducer:
             self.send(dead_letter, confirm(dead_letter))
         # Every message ends, delivered or failed, within message.timeout.ms: wait for all of them,
         # so each dead letter has its own outcome before any is spooled.
-        while self.producer.flush(1.0):
-            pass
+        settle(self.producer)
         if failed:
             log.warning("%d dead letter(s) could not be delivered to %s (%s)", len(failed), self.topic, failed[0][1])
             result.spooled = self.spool_all([d for d, _ in failed])

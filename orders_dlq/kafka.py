@@ -52,6 +52,16 @@ def reliable_producer_config(settings: KafkaSettings, delivery_timeout: float, *
     })
 
 
+def settle(producer) -> None:
+    """Wait until every queued message is acknowledged or has failed (its callback has run).
+
+    Unlike one flush(timeout), this cannot give up with messages still queued; it still ends,
+    because message.timeout.ms bounds every message.
+    """
+    while producer.flush(1.0):
+        pass
+
+
 def admin_client(settings: KafkaSettings) -> AdminClient:
     return AdminClient(settings.client_config(**common_client_config()))
 

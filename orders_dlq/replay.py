@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from orders_dlq.cli import KafkaSettings, Progress, StopFlag, ToolFailure, UsageError, log
 from orders_dlq.codec import DecodeError, dead_letter_codec
-from orders_dlq.dead_letter import ERROR_HEADER_PREFIXES, OUR_PREFIX, DeadLetter, DeadLetterCodec
+from orders_dlq.dead_letter import ERROR_HEADER_PREFIXES, OUR_PREFIX, STAGES, DeadLetter, DeadLetterCodec
 from orders_dlq.kafka import admin_client, reader_config, reliable_producer_config
 
 REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"  # the header aggregation.py reads back
@@ -111,6 +111,48 @@ class Selection:
             if self.until and failed_at >= self.until:
                 return False
         return True
+
+
+def _time_argument(raw: str) -> datetime:
+    return parse_time(raw)
+
+
+_time_argument.__name__ = "ISO-8601 time"  # argparse names the type in its error
+
+
+def _offset_argument(raw: str) -> tuple[int | None, int]:
+    return parse_offset(raw)
+
+
+_offset_argument.__name__ = "[PARTITION:]OFFSET"
+
+
+def add_selection_arguments(parser, offsets: bool) -> None:
+    """The selection flags dlq_consumer.py and dlq_replay.py share (with DLQ offsets for replay)."""
+    select = parser.add_argument_group("selection (all given criteria must hold)")
+    select.add_argument("--reason", help="dead letters whose reason contains this text (case-insensitive)")
+    select.add_argument("--stage", choices=STAGES, help="dead letters of this stage")
+    select.add_argument("--product", help="dead letters of this product")
+    select.add_argument("--original-topic", metavar="TOPIC", help="dead letters that came from this topic")
+    select.add_argument("--since", type=_time_argument, metavar="ISO-TIME",
+                        help="failed at or after this time, e.g. 2026-11-28T09:00 (local time without a zone; "
+                             "2026-11-28T08:00Z or +01:00 name one)")
+    select.add_argument("--until", type=_time_argument, metavar="ISO-TIME", help="failed before this time")
+    if offsets:
+        select.add_argument("--from-offset", type=_offset_argument, action="append", default=[],
+                            metavar="[PARTITION:]OFFSET",
+                            help="DLQ offsets from this one (inclusive), in every partition or in PARTITION; "
+                                 "repeatable")
+        select.add_argument("--to-offset", type=_offset_argument, action="append", default=[],
+                            metavar="[PARTITION:]OFFSET",
+                            help="DLQ offsets up to this one (inclusive), in every partition or in PARTITION; "
+                                 "repeatable")
+
+
+def selection_from_args(args) -> Selection:
+    return Selection(reason=args.reason, stage=args.stage, product=args.product,
+                     original_topic=args.original_topic, since=args.since, until=args.until,
+                     from_offsets=getattr(args, "from_offset", []), to_offsets=getattr(args, "to_offset", []))
 
 
 def error_time(dead_letter: DeadLetter, message_time_ms: int | None) -> datetime | None:
