@@ -121,15 +121,28 @@ class DlqMonitor:
     # -- reading ----------------------------------------------------------------------------------
 
     def handle(self, message) -> bool:
-        """Decode, select, count and print one DLQ message; True when --limit is reached."""
+        """Decode, select, count and print one DLQ message; True when --limit is reached.
+
+        A DLQ holds whatever anyone wrote to it (other tools' dead letters, tombstones, random
+        bytes, hostile headers): a message that cannot be read or shown is counted as unreadable
+        and passed over, never allowed to stop the monitor.
+        """
         try:
-            dead_letter = self.codec.decode_message(message.value(), message.headers(), message.key(),
-                                                    self.settings.dlq_topic)
-        except (DecodeError, ValueError, TypeError, KeyError) as exc:
-            self.unreadable += 1
-            cli.log.warning("%s[%d]@%d is not a dead letter: %s", message.topic(), message.partition(),
-                            message.offset(), exc)
-            return False
+            return self._handle(message)
+        except DecodeError as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the boundary of one foreign message
+            reason = f"{type(exc).__name__}: {exc}"
+            cli.log.debug("reading %s[%d]@%d", message.topic(), message.partition(), message.offset(),
+                          exc_info=True)
+        self.unreadable += 1
+        cli.log.warning("%s[%d]@%d is not a dead letter: %s", message.topic(), message.partition(),
+                        message.offset(), reason[:300])
+        return False
+
+    def _handle(self, message) -> bool:
+        dead_letter = self.codec.decode_message(message.value(), message.headers(), message.key(),
+                                                self.settings.dlq_topic)
         timestamp_type, timestamp = message.timestamp()
         message_time = timestamp if timestamp_type else None
         if not self.selection.matches(dead_letter, message.partition(), message.offset(), message_time):

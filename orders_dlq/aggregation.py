@@ -30,7 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from orders_dlq import metrics
 from orders_dlq.cli import KafkaSettings, StopFlag, ToolFailure, log
 from orders_dlq.codec import DecodeError, order_codec
-from orders_dlq.dead_letter import OUR_PREFIX, DeadLetter
+from orders_dlq.dead_letter import DeadLetter, replay_count_of
 from orders_dlq.dlq import DeadLetterProducer
 from orders_dlq.kafka import common_client_config, read_to_end, reader_config, reliable_producer_config, settle
 from orders_dlq.orders import CATALOGUE, InvalidOrder, validate
@@ -40,7 +40,6 @@ from orders_dlq.stats import Aggregate, LatencyReservoir, PartitionState, combin
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
 GUARANTEES = (EXACTLY_ONCE, AT_LEAST_ONCE)
-REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"
 # The retries of one message stop after this long even if attempts remain: well inside
 # max.poll.interval.ms (5 minutes), so a consumer never loses its partitions while it waits.
 MAX_RETRY_SECONDS = 60.0
@@ -64,10 +63,29 @@ def read_states(settings: KafkaSettings, state_topic: str, group: str, topic: st
             raise ToolFailure(f"state topic {state_topic} does not exist: run `python setup_dlq.py` first")
         start = [TopicPartition(state_topic, p, 0) for p in metadata.partitions]
         states = {}
+        unreadable = 0
         for message in read_to_end(reader, start, timeout):
-            key = json.loads(message.key())
-            if key[0] == group and key[1] == topic and (partitions is None or key[2] in partitions):
+            # Anyone can write to the changelog topic: a record that is not ours (a foreign key, a
+            # tombstone, corrupt bytes) is counted and passed over. A corrupt record under one of
+            # *our* keys leaves the previous state in place, which the restore then finds older than
+            # the committed offset: it refuses to count twice rather than guess.
+            try:
+                key = json.loads(message.key())
+                ours = key[0] == group and key[1] == topic and (partitions is None or key[2] in partitions)
+            except Exception:  # noqa: BLE001 - not a key we wrote
+                unreadable += 1
+                continue
+            if not ours:
+                continue
+            if message.value() is None:
+                states.pop(key[2], None)  # a tombstone: that partition's state was deleted on purpose
+                continue
+            try:
                 states[key[2]] = PartitionState.decode(message.value())
+            except Exception:  # noqa: BLE001 - see above
+                unreadable += 1
+        if unreadable:
+            log.warning("%s: %d record(s) that are not aggregation states were passed over", state_topic, unreadable)
         return states
     finally:
         reader.close()
@@ -215,24 +233,39 @@ class OrderAggregator:
         state = self.states.get(partition)
         if state is None or message.offset() < state.next_offset:
             return  # not ours any more, or already counted before a restart (at-least-once)
+        # The one boundary per message: whatever its key, value and headers hold, it ends in the
+        # aggregate or in exactly one dead letter. Decode and validate failures are the message's
+        # fault; anything else raised here is a bug of ours, dead-lettered as `process` and logged
+        # loudly, never allowed to stop the partition. Kafka errors from *sending* the dead letter
+        # are not caught: they fail the unit of work, which is rolled back and redone.
+        try:
+            dead_letter = self._evaluate(state, message)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.exception("BUG: handling %s[%d]@%d raised %s; dead-lettering it as stage process",
+                          message.topic(), partition, message.offset(), type(exc).__name__)
+            dead_letter = self._build_dead_letter(message, None, "process", exc, 0)
+        if dead_letter is not None:
+            self._send_dead_letter(state, dead_letter)
+        state.next_offset = message.offset() + 1
+        self.dirty.add(partition)
+
+    def _evaluate(self, state: PartitionState, message) -> DeadLetter | None:
+        """Decode, validate and process one message: None when aggregated, else its dead letter."""
         order = None
         try:
             order = self.codec.decode(message.value())
             validate(order, self.products)
         except DecodeError as exc:
-            self._dead_letter(state, message, None, "deserialize", exc, 0)
+            return self._build_dead_letter(message, None, "deserialize", exc, 0)
         except InvalidOrder as exc:
-            self._dead_letter(state, message, order, "validate", exc, 0)
-        else:
-            self._process(state, message, order)
-        state.next_offset = message.offset() + 1
-        self.dirty.add(partition)
+            return self._build_dead_letter(message, order, "validate", exc, 0)
+        return self._process(state, message, order)
 
     def process_order(self, aggregate: Aggregate, order: dict) -> None:
         """The processing step for one valid order. It must change nothing when it raises."""
         aggregate.add_order(order["product"], order["price"])
 
-    def _process(self, state: PartitionState, message, order: dict) -> None:
+    def _process(self, state: PartitionState, message, order: dict) -> DeadLetter | None:
         """Process one valid order; an unexpected error is retried, then dead-lettered."""
         give_up_at = None
         for attempt in range(1, self.retry.max_attempts + 1):
@@ -241,23 +274,27 @@ class OrderAggregator:
                 self.run_processed += 1
                 if self.latency is not None:
                     self.latency.add((time.time_ns() // 1000 - order["created_at"]) / 1000)
-                return
+                return None
             except Exception as exc:  # noqa: BLE001 - any processing failure is routed, never fatal
                 delay = self.retry.backoff(attempt)
                 give_up_at = give_up_at or time.monotonic() + MAX_RETRY_SECONDS
                 if (attempt == self.retry.max_attempts or not is_retryable(exc)
                         or time.monotonic() + delay > give_up_at):
-                    self._dead_letter(state, message, order, "process", exc, attempt)
-                    return
+                    return self._build_dead_letter(message, order, "process", exc, attempt)
                 log.warning("processing %s[%d]@%d failed (%s: %s), attempt %d of %d; retrying in %.2fs",
                             message.topic(), message.partition(), message.offset(), type(exc).__name__, exc,
                             attempt, self.retry.max_attempts, delay)
                 time.sleep(delay)
+        return None
 
-    def _dead_letter(self, state: PartitionState, message, order, stage: str, error: Exception,
-                     retries: int) -> None:
-        headers = message.headers() or []
-        replays = next((int(v) for k, v in headers if k == REPLAY_COUNT_HEADER and v and v.isdigit()), 0)
+    def _build_dead_letter(self, message, order, stage: str, error: Exception, retries: int) -> DeadLetter:
+        """The dead letter of one message. Everything read from the message is read defensively:
+        its headers may not even be readable (a header name that is not UTF-8 raises in the client)."""
+        headers_unreadable = None
+        try:
+            headers = message.headers() or []
+        except Exception as exc:  # noqa: BLE001 - the client cannot read them: carry none, say why
+            headers, headers_unreadable = [], f"{type(exc).__name__}: {exc}"
         timestamp_type, timestamp = message.timestamp()
         dead_letter = DeadLetter.for_order(
             order,
@@ -267,7 +304,7 @@ class OrderAggregator:
             original_topic=message.topic(),
             failed_by=self.group,
             retry_count=retries,
-            replay_count=replays,
+            replay_count=replay_count_of(headers),
             original_partition=message.partition(),
             original_offset=message.offset(),
             original_timestamp=timestamp if timestamp_type else None,
@@ -275,12 +312,16 @@ class OrderAggregator:
             original_value=message.value(),
             original_headers=headers,
         )
-        log.debug("dead letter %s[%d]@%d (%s): %s", message.topic(), message.partition(),
-                  message.offset(), stage, error)
+        dead_letter.headers_unreadable = headers_unreadable
+        return dead_letter
+
+    def _send_dead_letter(self, state: PartitionState, dead_letter: DeadLetter) -> None:
+        log.debug("dead letter %s[%s]@%s (%s): %s", dead_letter.original_topic, dead_letter.original_partition,
+                  dead_letter.original_offset, dead_letter.error_stage, dead_letter.error_reason)
         self.dead_letters.send(dead_letter, None if self.exactly_once else self._on_delivery)
         state.aggregate.dead_lettered += 1
         self.run_dead_lettered += 1
-        metrics.dead_letter_created(stage, dead_letter.error_reason)
+        metrics.dead_letter_created(dead_letter.error_stage, dead_letter.error_reason)
 
     def _on_delivery(self, error, message) -> None:
         if error is not None:
@@ -371,6 +412,11 @@ class OrderAggregator:
     def _rollback(self, exc: Exception, in_rebalance: bool) -> None:
         """Undo the unit of work: abort, restore each partition's last committed state, seek back."""
         error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        if self.dead_letters.permanent_error is not None:
+            # The DLQ refuses every write for a reason only an operator can fix (ACLs, a policy):
+            # retrying would stall every partition for ever. Stop, with nothing committed past it.
+            self._drop_uncommitted(seek=False)
+            self._fail(self.dead_letters.permanent_error)
         if isinstance(error, KafkaError) and error.fatal():
             self._fail(f"this consumer was fenced or hit a fatal error: {error.str()} "
                        "(another instance with the same --instance-id may be running)")

@@ -82,9 +82,13 @@ class AvroCodec:
             record = fastavro.schemaless_reader(stream, self._read_schema)
         except StopIteration:
             raise DecodeError(f"truncated Avro record: {len(data)} bytes") from None
-        except (EOFError, UnicodeDecodeError, ValueError, TypeError, IndexError,
-                KeyError, OverflowError, MemoryError) as exc:
-            raise DecodeError(f"not a valid Avro order record: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the bytes are not a record
+            # Not a list of classes: fastavro raises EOFError, UnicodeDecodeError, ValueError,
+            # IndexError, decimal.Overflow (a 420 KB decimal), MemoryError... and may raise new ones.
+            detail = str(exc)
+            if len(detail) > 300:
+                detail = detail[:300] + "..."
+            raise DecodeError(f"not a valid Avro order record: {type(exc).__name__}: {detail}") from None
         if stream.tell() != len(data):
             raise DecodeError(f"unexpected bytes after the Avro record: {len(data) - stream.tell()}")
         return record

@@ -11,9 +11,11 @@ Our own `dlq.*` headers carry what neither has: stage, retry and replay counts, 
 
 from __future__ import annotations
 
+import hashlib
 import struct
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from orders_dlq.codec import AvroCodec, DecodeError
 
@@ -35,6 +37,76 @@ FORMAT_HEADER = "dlq.format"
 FORMAT_AVRO = b"orders_dlq.DeadLetter/avro"
 # Header names we write ourselves; dead-lettering a replayed dead letter replaces them.
 ERROR_HEADER_PREFIXES = ("kafka_dlt-", CONNECT_PREFIX, OUR_PREFIX)
+REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"
+# A dead letter too large for the DLQ is written without (part of) the original message; these
+# headers say what was left out and let anyone check a copy of the original against it.
+REDUCED_HEADER = OUR_PREFIX + "reduced"
+ORIGINAL_SIZE_HEADER = OUR_PREFIX + "original.size"
+ORIGINAL_SHA256_HEADER = OUR_PREFIX + "original.sha256"
+# Set when the original message's headers could not be read at all (for instance a header name
+# that is not valid UTF-8): the dead letter then carries none of them, and says why.
+HEADERS_UNREADABLE_HEADER = OUR_PREFIX + "original.headers.unreadable"
+
+# What the Avro schema can hold: int is 32-bit, long 64-bit, the price a decimal(12, 2).
+INT_MAX = 2**31 - 1
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+PRICE_LIMIT = Decimal(10) ** 10
+CENT = Decimal("0.01")
+# A reason longer than this is cut: an exception text can quote a whole hostile message.
+MAX_TEXT = 2000
+
+
+def fit_text(value, limit: int = MAX_TEXT) -> str:
+    """Any value as a str that encodes to UTF-8 (lone surrogates escaped) and is at most `limit` long."""
+    if not isinstance(value, str):
+        try:
+            value = "" if value is None else str(value)
+        except Exception as exc:  # noqa: BLE001 - a hostile __str__ must not stop a dead letter
+            value = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(value) > limit:
+        value = f"{value[:limit]}... ({len(value)} characters)"
+    return value
+
+
+def _fit_optional_text(value, limit: int = MAX_TEXT) -> str | None:
+    return None if value is None else fit_text(value, limit)
+
+
+def _fit_int(value, low: int, high: int) -> int | None:
+    """An int inside the Avro type's range, or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
+
+
+def _fit_count(value) -> int:
+    """A retry or replay count: clamped into Avro int, never negative."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return min(max(value, 0), INT_MAX)
+    return 0
+
+
+def _fit_price(value) -> Decimal | None:
+    """The price when decimal(12, 2) can carry it exactly; None otherwise (the original bytes keep it)."""
+    try:
+        if (isinstance(value, Decimal) and value.is_finite() and abs(value) < PRICE_LIMIT
+                and value == value.quantize(CENT)):
+            return value
+    except ArithmeticError:
+        pass
+    return None
+
+
+def _fit_bytes(value) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return fit_text(value).encode()
 
 
 @dataclass
@@ -56,6 +128,11 @@ class DeadLetter:
     original_key: bytes | None = None
     original_value: bytes | None = None
     original_headers: list = field(default_factory=list)  # [(key, bytes|None)]
+    # Not in the Avro record, carried as headers: what a reduced dead letter left out.
+    reduced: str | None = None
+    original_size: int | None = None
+    original_sha256: str | None = None
+    headers_unreadable: str | None = None
 
     @classmethod
     def for_order(cls, order: dict | None, **context) -> DeadLetter:
@@ -63,6 +140,58 @@ class DeadLetter:
         order = order or {}
         return cls(order_id=order.get("order_id"), product=order.get("product"),
                    price=order.get("price"), **context)
+
+    def fitted(self) -> DeadLetter:
+        """A copy whose every field fits the Avro schema and the headers, whatever it was built from.
+
+        A dead letter is built from hostile input (a 420 KB decimal, a 20-digit replay count, text
+        that is not UTF-8) and must never fail to be written because of it: a value the schema
+        cannot hold becomes null (the original bytes carry it anyway) or is clamped or escaped.
+        """
+        return DeadLetter(
+            error_reason=fit_text(self.error_reason),
+            error_type=fit_text(self.error_type, 200),
+            error_stage=fit_text(self.error_stage, 50),
+            original_topic=fit_text(self.original_topic, 300),
+            failed_by=fit_text(self.failed_by, 300),
+            retry_count=_fit_count(self.retry_count),
+            replay_count=_fit_count(self.replay_count),
+            error_timestamp=fit_text(self.error_timestamp, 100),
+            order_id=_fit_optional_text(self.order_id, 200),
+            product=_fit_optional_text(self.product, 200),
+            price=_fit_price(self.price),
+            original_partition=_fit_int(self.original_partition, 0, INT_MAX),
+            original_offset=_fit_int(self.original_offset, 0, LONG_MAX),
+            original_timestamp=_fit_int(self.original_timestamp, LONG_MIN, LONG_MAX),
+            original_key=_fit_bytes(self.original_key),
+            original_value=_fit_bytes(self.original_value),
+            original_headers=[(fit_text(k, 1000), _fit_bytes(v)) for k, v in self.original_headers or []],
+            reduced=_fit_optional_text(self.reduced, 200),
+            original_size=_fit_int(self.original_size, 0, LONG_MAX),
+            original_sha256=_fit_optional_text(self.original_sha256, 64),
+            headers_unreadable=_fit_optional_text(self.headers_unreadable, 500),
+        )
+
+    def reduced_to_fit(self, level: int = 1) -> DeadLetter:
+        """A smaller copy for a DLQ that cannot take the full one: level 1 leaves out the original
+        value, level 2 also the original key and headers. Size and SHA-256 of the value stay."""
+        value = self.original_value if self.reduced is None else None
+        left_out = ["value"] if level < 2 else ["value", "key", "headers"]
+        size = self.original_size if value is None else len(value)
+        sha256 = self.original_sha256 if value is None else hashlib.sha256(value).hexdigest()
+        reason = self.error_reason
+        if self.reduced is None:
+            reason = f"{reason} [dead letter reduced: original value of {size} bytes left out, sha256 {sha256}]"
+        return replace(
+            self,
+            error_reason=reason,
+            original_value=None,
+            original_key=self.original_key if level < 2 else None,
+            original_headers=self.original_headers if level < 2 else [],
+            reduced=",".join(left_out),
+            original_size=size,
+            original_sha256=sha256,
+        )
 
     def to_record(self) -> dict:
         # Not dataclasses.asdict: it deep-copies every field, bytes included, for nothing.
@@ -92,10 +221,18 @@ class DeadLetter:
             OUR_PREFIX + "error.stage": self.error_stage,
             OUR_PREFIX + "error.timestamp": self.error_timestamp,
             OUR_PREFIX + "retry.count": str(self.retry_count),
-            OUR_PREFIX + "replay.count": str(self.replay_count),
+            REPLAY_COUNT_HEADER: str(self.replay_count),
             OUR_PREFIX + "failed.by": self.failed_by,
         }
-        out = kept + [(k, v.encode()) for k, v in text.items()]
+        if self.reduced is not None:
+            text[REDUCED_HEADER] = self.reduced
+            if self.original_size is not None:
+                text[ORIGINAL_SIZE_HEADER] = str(self.original_size)
+            if self.original_sha256 is not None:
+                text[ORIGINAL_SHA256_HEADER] = self.original_sha256
+        if self.headers_unreadable is not None:
+            text[HEADERS_UNREADABLE_HEADER] = self.headers_unreadable
+        out = kept + [(k, v.encode("utf-8", "backslashreplace")) for k, v in text.items()]
         if self.original_partition is not None:
             out += [(SPRING_PARTITION, struct.pack(">i", self.original_partition)),
                     (CONNECT_PREFIX + "partition", str(self.original_partition).encode())]
@@ -123,18 +260,24 @@ class DeadLetterCodec:
         """Read one DLQ message; a message without our format header is read from its headers."""
         headers = headers or []
         if (FORMAT_HEADER, FORMAT_AVRO) in headers:
-            return DeadLetter.from_record(self.codec.decode(value))
+            dead_letter = DeadLetter.from_record(self.codec.decode(value))
+            named = dict(headers)
+            if REDUCED_HEADER in named:
+                dead_letter.reduced = _header_text(named, REDUCED_HEADER)
+                dead_letter.original_size = _header_int(named, "-", ORIGINAL_SIZE_HEADER)
+                dead_letter.original_sha256 = _header_text(named, ORIGINAL_SHA256_HEADER)
+            return dead_letter
         return dead_letter_from_headers(value, headers, key, dlq_topic)
 
 
 def _header_text(headers: dict, name: str) -> str | None:
     value = headers.get(name)
-    return value.decode("utf-8", "replace") if value is not None else None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else None
 
 
 def _header_int(headers: dict, binary_name: str, text_name: str) -> int | None:
     raw = headers.get(binary_name)
-    if raw is not None and len(raw) in (4, 8):
+    if isinstance(raw, bytes) and len(raw) in (4, 8):
         return struct.unpack(">i" if len(raw) == 4 else ">q", raw)[0]
     try:
         return int(_header_text(headers, text_name) or "")
@@ -173,4 +316,14 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
     )
 
 
-RECORD_FIELDS = tuple(f.name for f in fields(DeadLetter))
+# The dataclass fields that are Avro record fields (the others travel as headers only).
+RECORD_FIELDS = tuple(f.name for f in fields(DeadLetter)
+                      if f.name not in ("reduced", "original_size", "original_sha256", "headers_unreadable"))
+
+
+def replay_count_of(headers) -> int:
+    """The replay count a message carries in its dlq.replay.count header (0 when absent or nonsense)."""
+    for name, value in headers or ():
+        if name == REPLAY_COUNT_HEADER and isinstance(value, bytes) and 0 < len(value) <= 10 and value.isdigit():
+            return min(int(value), INT_MAX)
+    return 0

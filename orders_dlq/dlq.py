@@ -6,13 +6,53 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import ConfigResource
 
 from orders_dlq.cli import KafkaSettings, ToolFailure, log
 from orders_dlq.codec import dead_letter_codec
-from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec
-from orders_dlq.kafka import read_to_end, reader_config, reliable_producer_config, settle
+from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec, fit_text
+from orders_dlq.kafka import (
+    DEAD_LETTER_MAX_BYTES,
+    admin_client,
+    read_to_end,
+    reader_config,
+    reliable_producer_config,
+    settle,
+)
 from orders_dlq.spool import SPOOL_ID_HEADER, Spool
+
+# Errors that say "this message can never be written to this topic as it is": retrying the same
+# bytes cannot help, a smaller dead letter can. MSG_SIZE_TOO_LARGE is both librdkafka's own check
+# against message.max.bytes (raised by produce()) and the broker's RECORD_TOO_LARGE: the topic's
+# max.message.bytes, checked after compression; INVALID_RECORD a record the broker refuses as such.
+TOO_LARGE_ERRORS = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
+                    KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE}
+# Errors no retry of any message can fix, only the operator: the run ends with one sentence.
+PERMANENT_ERRORS = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+                    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, KafkaError.INVALID_REQUIRED_ACKS,
+                    KafkaError.UNSUPPORTED_VERSION, KafkaError.POLICY_VIOLATION,
+                    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT, KafkaError.TOPIC_EXCEPTION,
+                    KafkaError.UNSUPPORTED_COMPRESSION_TYPE}
+# Room for the record batch header, the record's own framing and the varints around key, value
+# and headers: a dead letter estimated within this margin of the limit is reduced.
+BATCH_OVERHEAD_BYTES = 1024
+
+
+def message_size(key: bytes | None, value: bytes | None, headers: list) -> int:
+    """The uncompressed bytes a message takes in a record batch, close enough to compare with a limit."""
+    size = BATCH_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
+    for name, data in headers:
+        size += len(name) + len(data or b"") + 8
+    return size
+
+
+def permanent_error_sentence(error: KafkaError, topic: str) -> str | None:
+    """One sentence for a delivery error no retry can fix, or None when waiting may help."""
+    if error.code() in PERMANENT_ERRORS:
+        return (f"Kafka refuses every write to {topic}: {error.str()} "
+                "(fix the topic's ACLs or settings; nothing past the last commit was lost)")
+    return None
 
 
 @dataclass
@@ -44,14 +84,109 @@ class DeadLetterProducer:
         self.producer = producer or Producer(reliable_producer_config(settings, delivery_timeout))
         self.spool = spool
         self.delivery_timeout = delivery_timeout
+        self._max_bytes: int | None = None  # the DLQ's limit, asked once (see max_bytes)
+        self.reduced = 0  # dead letters written without (part of) their original message
+        self.permanent_error: str | None = None  # set by a delivery error no retry can fix
+
+    @property
+    def max_bytes(self) -> int:
+        """The largest dead letter the DLQ takes: its max.message.bytes, and never more than what
+        this producer may send (message.max.bytes). Asked once; without an answer (Kafka down,
+        no permission to describe configs) the producer's own limit is used and a refusal by the
+        broker lowers it later (see _learn_from_delivery)."""
+        if self._max_bytes is None:
+            limit = DEAD_LETTER_MAX_BYTES
+            try:
+                resource = ConfigResource(ConfigResource.Type.TOPIC, self.topic)
+                configs = admin_client(self.settings).describe_configs([resource], request_timeout=5)
+                entry = configs[resource].result(timeout=5).get("max.message.bytes")
+                if entry is not None and entry.value:
+                    limit = min(limit, int(entry.value))
+            except Exception as exc:  # noqa: BLE001 - any failure here only means "use the default"
+                log.debug("could not read max.message.bytes of %s (%s): using %d", self.topic, exc, limit)
+            self._max_bytes = limit
+        return self._max_bytes
 
     def encode(self, dead_letter: DeadLetter) -> tuple[bytes | None, bytes, list]:
-        """Key (the original key, so a replay lands on the same partition), value, headers."""
-        return dead_letter.original_key, self.codec.encode(dead_letter), dead_letter.headers()
+        """Key (the original key, so a replay lands on the same partition), value, headers.
+
+        Never raises because of what the dead letter holds: its fields are fitted to the schema,
+        a dead letter larger than the DLQ takes is reduced (the original value left out, its size
+        and SHA-256 kept), and if encoding still fails (a bug of ours) a minimal dead letter with
+        the original bytes is written instead, and the failure logged loudly.
+        """
+        dead_letter = dead_letter.fitted()
+        try:
+            key, value, headers = self._encode_fitted(dead_letter)
+        except Exception as exc:  # noqa: BLE001 - the dead letter of last resort must always exist
+            log.exception("could not encode the dead letter of %s (a bug): writing a minimal one",
+                          dead_letter.original_topic)
+            dead_letter = DeadLetter(
+                error_reason=fit_text(f"{dead_letter.error_reason} [dead letter reduced to its minimum: "
+                                      f"{type(exc).__name__}: {exc}]"),
+                error_type=dead_letter.error_type, error_stage=dead_letter.error_stage,
+                original_topic=dead_letter.original_topic, failed_by=dead_letter.failed_by,
+                original_partition=dead_letter.original_partition,
+                original_offset=dead_letter.original_offset,
+                original_key=dead_letter.original_key, original_value=dead_letter.original_value)
+            key, value, headers = self._encode_fitted(dead_letter)
+        return key, value, headers
+
+    def _encode_fitted(self, dead_letter: DeadLetter) -> tuple[bytes | None, bytes, list]:
+        for level in (0, 1, 2):
+            if level:
+                dead_letter = dead_letter.reduced_to_fit(level)
+            key, value, headers = dead_letter.original_key, self.codec.encode(dead_letter), dead_letter.headers()
+            if message_size(key, value, headers) <= self.max_bytes:
+                break
+        else:
+            raise ValueError(f"even without the original message the dead letter is larger than "
+                             f"{self.max_bytes} bytes")
+        if level:
+            self.reduced += 1
+            log.warning("dead letter of %s[%s]@%s reduced to fit %s (%d bytes at most): original %s left out, "
+                        "its size and SHA-256 kept in headers", dead_letter.original_topic,
+                        dead_letter.original_partition, dead_letter.original_offset, self.topic,
+                        self.max_bytes, dead_letter.reduced)
+        return key, value, headers
 
     def send(self, dead_letter: DeadLetter, on_delivery=None) -> None:
         key, value, headers = self.encode(dead_letter)
-        self._produce(self.topic, key, value, headers, on_delivery)
+        try:
+            self._produce(self.topic, key, value, headers, self._delivery_callback(on_delivery))
+        except KafkaException as exc:
+            # librdkafka refuses at once what exceeds message.max.bytes: remember the limit, resend smaller.
+            if exc.args[0].code() not in TOO_LARGE_ERRORS:
+                raise
+            self._max_bytes = min(self.max_bytes, message_size(key, value, headers) - 1)
+            key, value, headers = self.encode(dead_letter)
+            self._produce(self.topic, key, value, headers, self._delivery_callback(on_delivery))
+
+    def _delivery_callback(self, on_delivery):
+        if on_delivery is None:
+            return self._learn_from_delivery
+
+        def report(error, message):
+            self._learn_from_delivery(error, message)
+            on_delivery(error, message)
+        return report
+
+    def _learn_from_delivery(self, error, message) -> None:
+        """A broker that refused a dead letter as too large (the topic's max.message.bytes is below
+        what we assumed, or compression did not help) lowers the limit below that message, so the
+        unit of work that is redone after the failure writes it reduced: no endless retry."""
+        if error is None:
+            return
+        if error.code() in TOO_LARGE_ERRORS:
+            try:
+                size = message_size(message.key(), message.value(), message.headers() or [])
+            except Exception:  # noqa: BLE001 - unreadable report: assume the largest we send
+                size = self.max_bytes
+            self._max_bytes = min(self.max_bytes, size - 1)
+            log.warning("%s refused a dead letter of about %d bytes (%s): larger ones are now reduced",
+                        self.topic, size, error.str())
+        elif self.permanent_error is None:
+            self.permanent_error = permanent_error_sentence(error, self.topic)
 
     def _produce(self, topic, key, value, headers, on_delivery) -> None:
         while True:

@@ -28,10 +28,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from orders_dlq.cli import KafkaSettings, Progress, StopFlag, ToolFailure, UsageError, log
 from orders_dlq.codec import DecodeError, dead_letter_codec
-from orders_dlq.dead_letter import ERROR_HEADER_PREFIXES, OUR_PREFIX, STAGES, DeadLetter, DeadLetterCodec
+from orders_dlq.dead_letter import ERROR_HEADER_PREFIXES, REPLAY_COUNT_HEADER, STAGES, DeadLetter, DeadLetterCodec
 from orders_dlq.kafka import admin_client, reader_config, reliable_producer_config
 
-REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"  # the header aggregation.py reads back
 DEFAULT_MAX_REPLAYS = 3
 
 REPLAY, HELD, UNREPLAYABLE = "replay", "held", "unreplayable"
@@ -415,14 +414,16 @@ class Replayer:
         try:
             dead_letter = self.codec.decode_message(message.value(), message.headers(), message.key(),
                                                     self.dlq_topic)
-        except (DecodeError, ValueError, TypeError, KeyError) as exc:
-            log.warning("%s is not a dead letter (%s): passed over", position, exc)
+            timestamp_type, timestamp = message.timestamp()
+            selected = self.options.selection.matches(dead_letter, partition, offset,
+                                                      timestamp if timestamp_type else None)
+        except Exception as exc:  # noqa: BLE001 - any bytes can be in a DLQ: count them, go on
+            detail = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s is not a dead letter (%s): passed over", position, detail[:300])
             self._record(partition, offset, "unreadable")
             self.batch_unreplayable.append(position)
             return
-        timestamp_type, timestamp = message.timestamp()
-        if not self.options.selection.matches(dead_letter, partition, offset,
-                                              timestamp if timestamp_type else None):
+        if not selected:
             self._record(partition, offset, "skipped")
             return
         decision = self._decide(dead_letter, position)
