@@ -71,7 +71,8 @@ def read_states(settings: KafkaSettings, state_topic: str, group: str, topic: st
             # the committed offset: it refuses to count twice rather than guess.
             try:
                 key = json.loads(message.key())
-                ours = key[0] == group and key[1] == topic and (partitions is None or key[2] in partitions)
+                ours = (key[0] == group and key[1] == topic and isinstance(key[2], int)
+                        and (partitions is None or key[2] in partitions))
             except Exception:  # noqa: BLE001 - not a key we wrote
                 unreadable += 1
                 continue
