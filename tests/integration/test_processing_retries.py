@@ -73,3 +73,39 @@ def test_persistent_processing_errors_go_to_the_dlq_after_max_attempts(pipeline:
     assert "Fudge" not in report["products"]
     assert report["overall"]["count"] == truth["count"] - fudge_count
     assert report["dead_lettered"] == fudge_count
+
+
+class BuggyDecoder:
+    """A decoder with a bug of ours: it raises TypeError on every Caramel order it reads."""
+
+    def __init__(self, codec):
+        self.codec = codec
+
+    def decode(self, value):
+        order = self.codec.decode(value)
+        if order["product"] == "Caramel":
+            raise TypeError("unsupported operand type(s) for +: 'Decimal' and 'str'")
+        return order
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_a_bug_of_ours_outside_processing_is_dead_lettered_as_process_and_the_run_goes_on(
+        pipeline: Pipeline, guarantee, caplog):
+    pipeline.scripts.json("producer.py", "--count", 300, "--seed", 23)
+    truth = pipeline.truth()
+    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
+    engine = OrderAggregator(settings, group=pipeline.group, state_topic=pipeline.state_topic, guarantee=guarantee,
+                             retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
+    engine.codec = BuggyDecoder(engine.codec)
+
+    engine.run(idle_timeout=3)
+
+    caramel = truth["products"]["Caramel"]["count"]
+    letters = pipeline.dead_letters()
+    assert caramel and len(letters) == caramel
+    assert {(letter["error_stage"], letter["error_type"]) for letter in letters} == {("process", "TypeError")}
+    assert all(letter["original_value"] for letter in letters)
+    report = pipeline.report()
+    assert "Caramel" not in report["products"]
+    assert report["overall"]["count"] == truth["count"] - caramel
+    assert sum("BUG: handling" in record.getMessage() for record in caplog.records) == caramel
