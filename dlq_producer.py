@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""The shared DLQ helper: send a test dead letter, or flush the local spool into the DLQ topic.
+"""The shared DLQ helper: drain, list or prune the local spool, or send the guide's example dead letter.
 
 producer.py and consumer_aggregation.py import DeadLetterProducer from here; run as a script it
-sends one dead letter like the guide's example, or drains the spool with --flush-spool.
+drains the spool (--flush-spool), lists it (--spool-status), removes rows on purpose (--discard),
+or sends one dead letter like the guide's example (--send-example). Without a flag it prints help.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from decimal import Decimal
 
@@ -15,9 +17,10 @@ from orders_dlq import cli
 from orders_dlq.dead_letter import DeadLetter
 from orders_dlq.dlq import DeadLetterProducer, DrainResult, SendResult  # noqa: F401 - the shared helper
 from orders_dlq.kafka import require_cluster, require_topics
+from orders_dlq.monitor import format_age
 from orders_dlq.spool import DEFAULT_SPOOL_PATH, Spool
 
-EXAMPLE = "python dlq_producer.py --flush-spool"
+EXAMPLE = "python dlq_producer.py --flush-spool   (or --spool-status, --discard --for-topic orders.DLQ)"
 
 
 def add_spool_argument(parser) -> None:
@@ -48,15 +51,59 @@ def example_dead_letter(topic: str) -> DeadLetter:
     )
 
 
+def spool_status_text(spool: Spool, rows: list[dict]) -> str:
+    if not rows:
+        return f"spool {spool.path}: empty"
+    now = time.time()
+    lines = [f"spool {spool.path}: {sum(row['count'] for row in rows)} dead letter(s) waiting"]
+    for row in rows:
+        cluster = row["cluster_id"] or "cluster id unknown"
+        lines.append(f"  {row['count']:>7}  {row['topic']}  on {row['bootstrap'] or 'any cluster'} ({cluster})  "
+                     f"oldest {format_age(now - row['oldest'])} ago, newest {format_age(now - row['newest'])} ago")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = cli.build_parser(__doc__.splitlines()[0], EXAMPLE)
-    parser.add_argument("--flush-spool", action="store_true",
-                        help="send every spooled dead letter to the DLQ (exactly once) and exit")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--flush-spool", action="store_true",
+                        help="send every spooled dead letter of this cluster to the DLQ (exactly once) and exit")
+    action.add_argument("--spool-status", action="store_true",
+                        help="list what waits in the spool, per cluster and topic, with ages (no broker needed)")
+    action.add_argument("--discard", action="store_true",
+                        help="delete spooled dead letters on purpose: those matching --for-topic, --cluster and "
+                             "--older-than, or every one with --all (no broker needed)")
+    action.add_argument("--send-example", action="store_true",
+                        help="write the guide's example dead letter to the DLQ (it counts in statistics and alerts)")
+    discard = parser.add_argument_group("selection for --discard")
+    discard.add_argument("--for-topic", dest="discard_topic", metavar="TOPIC", help="rows bound for this DLQ topic")
+    discard.add_argument("--cluster", metavar="ID_OR_SERVERS", help="rows of this cluster id or bootstrap servers")
+    discard.add_argument("--older-than", type=cli.positive(float), metavar="HOURS",
+                         help="rows spooled more than this many hours ago")
+    discard.add_argument("--all", action="store_true", help="every row")
     add_spool_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = cli.parse_args(parser, argv)
+    if not (args.flush_spool or args.spool_status or args.discard or args.send_example):
+        parser.print_help()
+        return cli.EXIT_USAGE
+    selection = (args.discard_topic, args.cluster, args.older_than)
+    if args.discard and not args.all and selection == (None, None, None):
+        raise cli.UsageError("--discard needs a selection (--for-topic, --cluster, --older-than) or --all")
+    if not args.discard and (args.all or selection != (None, None, None)):
+        raise cli.UsageError("--for-topic, --cluster, --older-than and --all only select rows for --discard")
     settings = cli.kafka_settings(args)
     spool = open_spool(args)
+    if args.spool_status:
+        rows = spool.summary()
+        print(json.dumps(rows) if args.json else spool_status_text(spool, rows))
+        return cli.EXIT_OK
+    if args.discard:
+        older = None if args.older_than is None else args.older_than * 3600
+        deleted = spool.discard(topic=args.discard_topic, cluster=args.cluster, older_than=older)
+        print(json.dumps({"discarded": deleted, "remaining": spool.count()}) if args.json
+              else f"spool {spool.path}: discarded {deleted} dead letter(s) on purpose, {spool.count()} remain")
+        return cli.EXIT_OK
     admin = require_cluster(settings)
     require_topics(admin, [settings.dlq_topic])
     dead_letters = DeadLetterProducer(settings, spool=spool)
@@ -65,13 +112,16 @@ def main(argv=None) -> int:
         output = {"sent": result.sent, "already_in_kafka": result.already_in_kafka, "remaining": result.remaining}
         text = (f"spool {spool.path}: sent {result.sent} dead letter(s) to Kafka, {result.already_in_kafka} "
                 f"were already there, {result.remaining} remain")
+        if result.held:
+            output["held"] = result.held
+            text += f" ({result.held_text()})"
         failed = result.remaining > 0
     else:
         dead_letter = example_dead_letter(settings.topic)
         result = dead_letters.send_confirmed([dead_letter])
         output = {"delivered": result.delivered, "spooled": result.spooled, "order_id": dead_letter.order_id}
-        text = (f"sent a test dead letter for order {dead_letter.order_id} to {settings.dlq_topic}"
-                if result.delivered else f"the test dead letter was kept in the spool {spool.path}")
+        text = (f"sent the example dead letter for order {dead_letter.order_id} to {settings.dlq_topic}"
+                if result.delivered else f"the example dead letter was kept in the spool {spool.path}")
         failed = not result.delivered
     print(json.dumps(output) if args.json else text)
     return cli.EXIT_FAILURE if failed else cli.EXIT_OK

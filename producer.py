@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Send Avro orders to Kafka; an order that cannot be delivered after the retry policy goes to the DLQ."""
+"""Send Avro orders to Kafka; an order that cannot be delivered within its budget goes to the DLQ."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from orders_dlq.delivery import OrderSender
 from orders_dlq.dlq import drain_if_pending
 from orders_dlq.kafka import reachable, reliable_producer_config, require_topics
 from orders_dlq.orders import OrderGenerator
-from orders_dlq.retry import add_retry_arguments, retry_policy
+from orders_dlq.spool import Spool
 
 EXAMPLE = "python producer.py --count 1000 --rate 200 --bad-ratio 0.05"
 
@@ -33,8 +33,8 @@ def build_parser():
                         help="share of messages that are not Avro at all (env POISON_RATIO, default 0)")
     parser.add_argument("--seed", type=int, help="random seed for reproducible orders")
     parser.add_argument("--delivery-timeout", type=cli.positive(float),
-                        help="seconds one delivery attempt may take (env DELIVERY_TIMEOUT, default 5)")
-    add_retry_arguments(parser)
+                        help="seconds an order may take to be delivered, librdkafka's own retries included; "
+                             "then it is dead-lettered, never sent twice (env DELIVERY_TIMEOUT, default 30)")
     add_spool_argument(parser)
     metrics.add_metrics_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -78,15 +78,22 @@ def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: in
     return produced, kinds
 
 
-def hand_over_failures(sender: OrderSender, dead_letters: DeadLetterProducer, producer) -> tuple[int, int]:
-    """Orders that failed for good become dead letters: in the DLQ if Kafka takes them, else spooled."""
-    if not sender.failed:
-        return 0, 0
-    if sender.cluster_unreachable and not reachable(producer, timeout=2):
-        # The DLQ lives on the same cluster: spool at once rather than wait for it again.
-        return 0, dead_letters.spool_all(sender.failed)
-    result = dead_letters.send_confirmed(sender.failed)
-    return result.delivered, result.spooled
+def spool_failures(dead_letters: DeadLetterProducer):
+    """Orders that failed for good are committed to the spool as they fail, a batch at a time: a long
+    outage holds none of them in memory, and a kill loses none that failed before it."""
+    def hand_over(failures: list) -> None:
+        dead_letters.spool_all(failures)
+    return hand_over
+
+
+def deliver_spooled(dead_letters: DeadLetterProducer, spool: Spool, producer, origin: str,
+                    failed: int) -> tuple[int, int]:
+    """At the end, with Kafka back: this run's spooled dead letters go to the DLQ. Returns
+    (dead-lettered, still spooled) for this run's failures."""
+    if failed and reachable(producer, timeout=2):
+        drain_if_pending(dead_letters)
+    still_spooled = spool.count(origin=origin)
+    return failed - still_spooled, still_spooled
 
 
 def main(argv=None) -> int:
@@ -99,8 +106,8 @@ def main(argv=None) -> int:
     if bad_ratio + poison_ratio > 1:
         raise cli.UsageError(f"--bad-ratio/BAD_RATIO ({bad_ratio:g}) and --poison-ratio/POISON_RATIO "
                              f"({poison_ratio:g}) together must not exceed 1")
-    delivery_timeout = cli.setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 5.0, cli.positive(float))
-    policy = retry_policy(args)
+    # One budget: long enough for a leader election (several seconds) to pass unnoticed.
+    delivery_timeout = cli.setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 30.0, cli.positive(float))
     codec = order_codec()
     spool = open_spool(args)
     serving = metrics.serve(args, metrics.PRODUCER)
@@ -108,25 +115,26 @@ def main(argv=None) -> int:
     client_id = f"producer.py@{socket.gethostname()}:{os.getpid()}"
     stop = cli.StopFlag().install()
 
+    dead_letters = DeadLetterProducer(settings, spool=spool, delivery_timeout=delivery_timeout, origin=client_id)
     sender = OrderSender(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}),
-                         settings.topic, policy, codec, client_id)
+                         settings.topic, codec, client_id, spool_failures(dead_letters))
     producer = sender.producer
-    dead_letters = DeadLetterProducer(settings, spool=spool, delivery_timeout=delivery_timeout)
     # Asking the producer itself for metadata also opens its connection before the first order
     # is created, so the first orders do not wait for it.
     if reachable(producer, timeout=3):
         require_topics(producer, [settings.topic, settings.dlq_topic])
+        dead_letters.cluster_id = producer.list_topics(timeout=5).cluster_id
         drain_if_pending(dead_letters)
     else:
-        cli.log.warning("Kafka at %s does not answer: each order will be tried %d time(s) (for about %.0fs), "
-                        "then dead-lettered", settings.bootstrap_servers, policy.max_attempts,
-                        policy.total_bound(delivery_timeout))
+        cli.log.warning("Kafka at %s does not answer: each order waits up to %gs to be delivered, "
+                        "then it is kept in the local spool %s", settings.bootstrap_servers, delivery_timeout,
+                        spool.path)
     metrics.SPOOL_SIZE.set(spool.count())
     started = time.monotonic()
     produced, kinds = send_orders(sender, OrderGenerator(args.seed), codec, count, rate, bad_ratio, poison_ratio,
                                   stop, counts)
     elapsed = time.monotonic() - started
-    delivered, spooled = hand_over_failures(sender, dead_letters, producer)
+    delivered, spooled = deliver_spooled(dead_letters, spool, producer, client_id, sender.failed)
     dead_letters.close()
     metrics.SPOOL_SIZE.set(spool.count())
     summary = {
@@ -134,7 +142,6 @@ def main(argv=None) -> int:
         "sent": sender.delivered,
         "dead_lettered": delivered,
         "spooled": spooled,
-        "retries": sender.retries,
         "kinds": kinds,
         "elapsed_seconds": round(elapsed, 3),
         "rate_per_second": round(sender.delivered / elapsed, 1) if elapsed > 0 else 0.0,
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
               f"({summary['rate_per_second']:,.0f}/s); {kinds['invalid']} invalid and {kinds['poison']} poison "
               "among them on purpose")
         if sender.failed:
-            print(f"{len(sender.failed)} order(s) could not be delivered: {delivered} dead-lettered to "
+            print(f"{sender.failed} order(s) could not be delivered: {delivered} dead-lettered to "
                   f"{settings.dlq_topic}, {spooled} kept in the local spool {spool.path} "
                   "(sent to the DLQ when Kafka is back)")
     return cli.EXIT_FAILURE if sender.failed or stop else cli.EXIT_OK

@@ -35,7 +35,7 @@ DURABILITY = {
     "enable.idempotence": True,
     "acks": "all",
     "linger.ms": 5,
-    "message.timeout.ms": 5000,  # producer.py's default --delivery-timeout of 5 s
+    "message.timeout.ms": 30000,  # producer.py's default --delivery-timeout of 30 s
 }
 BATCH = 1000  # messages per consume() call, as consumer_aggregation.py's default --batch-size
 

@@ -1,10 +1,17 @@
-"""Producing orders under the retry policy: the delivery report, not produce(), decides success."""
+"""Producing orders: the delivery report, not produce(), decides success; a failure is handed on at once.
+
+One delivery budget per order. librdkafka's idempotent producer retries an order internally, for
+up to message.timeout.ms (`--delivery-timeout`), without ever duplicating or reordering it. When
+the budget runs out the order is *not* sent again by us: a timed-out message may have been written
+(the broker took it, its acknowledgement was lost in a leader election), and a second copy would
+be counted twice. It becomes a `produce` dead letter whose reason says it may have been delivered.
+So a broker failover shorter than the budget costs nothing, and nothing is ever counted twice.
+"""
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
+from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Producer
 
@@ -12,137 +19,128 @@ from orders_dlq import metrics
 from orders_dlq.cli import log
 from orders_dlq.codec import AvroCodec, DecodeError
 from orders_dlq.dead_letter import DeadLetter
-from orders_dlq.retry import RetryPolicy, is_retryable
 
 UNREACHABLE_ERRORS = {KafkaError._MSG_TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT,
                       KafkaError._TIMED_OUT}
+# Failures are handed on (to the spool, durably) in batches of this many, or at every service()
+# call: memory holds at most one batch, whatever the count and however long the outage.
+FAILURE_BATCH = 500
 
 
 class OrderSender:
-    """Sends encoded orders; a failed delivery is retried after a backoff, up to max_attempts.
-
-    Each attempt is bounded by the producer's message.timeout.ms, so the whole life of an order
-    is bounded by RetryPolicy.total_bound(). What still fails is kept as a produce-stage dead
-    letter for the caller to hand to the DLQ (or the spool).
+    """Sends encoded orders; what fails for good is handed to `on_failures` as it fails.
 
     Only failures need a Python callback: with `delivery.report.only.error` librdkafka reports
     just those, and an order is delivered once it has left librdkafka's queue without a report.
     """
 
-    def __init__(self, config: dict, topic: str, policy: RetryPolicy, codec: AvroCodec, client_id: str):
+    def __init__(self, config: dict, topic: str, codec: AvroCodec, client_id: str,
+                 on_failures: Callable[[list[DeadLetter]], None]):
         self.producer = Producer({
             **config,
             # Report failures only, through one callback: a Python call per successful order, or a
             # callback object per produce(), would cost more than sending the order.
             "delivery.report.only.error": True,
-            "on_delivery": self._on_first_attempt,
+            "on_delivery": self._on_delivery,
         })
         self.topic = topic
-        self.policy = policy
         self.codec = codec
         self.client_id = client_id
-        self.attempts = 0  # produce() calls, retries included
-        self.failed_attempts = 0
-        self.retries = 0
+        self.budget = config.get("message.timeout.ms", 300000) / 1000
+        self.on_failures = on_failures
+        self.attempts = 0  # produce() calls
+        self.failed = 0  # orders that failed for good (and were handed on)
         self._finished = False
-        self.failed: list[DeadLetter] = []
+        self._failures: list[DeadLetter] = []  # not yet handed on: at most FAILURE_BATCH
         self.last_error: KafkaError | None = None
-        self._due: list = []  # heap of (due time, sequence, key, value, attempts so far)
-        self._sequence = itertools.count()
 
     def send(self, key: bytes, value: bytes) -> None:
         """Hand one order to librdkafka (and serve delivery reports); the report decides success."""
-        self._produce(key, value)
-        if self._due:
-            self._produce_due_retries()
-
-    def _produce(self, key, value, on_delivery=None) -> None:
         while True:
             try:
-                # Without on_delivery the producer-wide callback (a first attempt) reports failures.
-                self.producer.produce(self.topic, value=value, key=key, on_delivery=on_delivery)
+                self.producer.produce(self.topic, value=value, key=key)
                 break
             except BufferError:
-                # librdkafka's queue is full: serve delivery reports until there is room.
+                # librdkafka's queue is full (queue.buffering.max.messages): serve delivery reports,
+                # which frees room as orders are acknowledged or expire. A loop, not a recursion: an
+                # outage of any length only makes it turn longer.
                 self.producer.poll(0.05)
-                self._produce_due_retries()
+                self._hand_on()
         self.attempts += 1
         self.producer.poll(0)
+        if len(self._failures) >= FAILURE_BATCH:
+            self._hand_on()
 
-    def _on_first_attempt(self, error, message) -> None:
-        self._on_delivery(error, message, 1)
-
-    def _on_delivery(self, error, message, attempt: int) -> None:
+    def _on_delivery(self, error, message) -> None:
         if error is None:
             return  # only failures are reported (delivery.report.only.error)
-        self.failed_attempts += 1
         self.last_error = error
-        if attempt < self.policy.max_attempts and is_retryable(error):
-            due = time.monotonic() + self.policy.backoff(attempt)
-            heapq.heappush(self._due, (due, next(self._sequence), message.key(), message.value(), attempt))
-            return
-        self.failed.append(self._dead_letter(message, error, attempt))
-        metrics.dead_letter_created("produce", self.failed[-1].error_reason)
+        self._failures.append(self._dead_letter(message, error))
+        metrics.dead_letter_created("produce", self._failures[-1].error_reason)
 
-    def _produce_due_retries(self) -> None:
-        now = time.monotonic()
-        while self._due and self._due[0][0] <= now:
-            _, _, key, value, attempts = heapq.heappop(self._due)
-            attempt = attempts + 1
-            self.retries += 1
-            metrics.DELIVERY_RETRIES.inc()  # only after a failure: rare
-            # A retry (rare) carries its attempt number in a callback of its own.
-            self._produce(key, value,
-                          lambda error, message, attempt=attempt: self._on_delivery(error, message, attempt))
+    def _hand_on(self) -> None:
+        if self._failures:
+            failures, self._failures = self._failures, []
+            self.on_failures(failures)
+            self.failed += len(failures)
 
     def service(self, timeout: float = 0.0) -> None:
-        """Serve delivery reports and send the retries that are due, for `timeout` seconds."""
+        """Serve delivery reports for `timeout` seconds and hand on what failed."""
         deadline = time.monotonic() + timeout
         while True:
             # poll() returns as soon as it served one event: loop until the time is really up.
             self.producer.poll(max(0.0, min(deadline - time.monotonic(), 0.1)))
-            self._produce_due_retries()
             if time.monotonic() >= deadline:
-                return
+                break
+        self._hand_on()
 
     @property
     def delivered(self) -> int:
-        """Orders acknowledged: every attempt that left librdkafka without a failure report.
+        """Orders acknowledged: every order that left librdkafka without a failure report.
 
         Exact once finish() returned; before that an estimate (librdkafka's queue length also
         counts events such as connection errors).
         """
+        failed = self.failed + len(self._failures)
         if self._finished:
-            return self.attempts - self.failed_attempts
-        return max(0, self.attempts - self.failed_attempts - len(self.producer))
+            return self.attempts - failed
+        return max(0, self.attempts - failed - len(self.producer))
 
     def pending(self) -> int:
         # len(producer): messages queued or in flight, plus delivery reports not yet served.
-        return len(self.producer) + len(self._due)
+        return len(self.producer)
 
     def finish(self, progress=None) -> None:
-        """Wait until every order is delivered or has failed for good (bounded by the policy)."""
+        """Wait until every order is delivered or has failed for good (each bounded by the budget)."""
         while self.pending():
             self.service(0.05)
             if progress:
                 progress()
+        self._hand_on()
         self._finished = True
 
-    def _dead_letter(self, message, error: KafkaError, attempts: int) -> DeadLetter:
+    def _dead_letter(self, message, error: KafkaError) -> DeadLetter:
         try:
             order = self.codec.decode(message.value())
         except DecodeError:
             order = None  # a deliberately broken message (--poison-ratio) that also failed to deliver
-        cause = "Kafka broker unavailable" if error.code() in UNREACHABLE_ERRORS else "delivery failed"
-        log.debug("giving up on %s after %d attempt(s): %s", message.key(), attempts, error.str())
+        if error.code() == KafkaError._MSG_TIMED_OUT:
+            # Expired in librdkafka's queue or waiting for an acknowledgement: the broker may have it.
+            reason = (f"Kafka broker unavailable: not confirmed within the {self.budget:g}s delivery budget; "
+                      f"it may have been written to {self.topic} anyway (a timeout does not tell)")
+        elif error.code() in UNREACHABLE_ERRORS:
+            reason = f"Kafka broker unavailable: {error.str()}"
+        else:
+            reason = f"delivery failed: {error.str()}"
+        log.debug("giving up on %s: %s", message.key(), error.str())
         return DeadLetter.for_order(
             order,
-            error_reason=f"{cause} after {attempts} attempt(s): {error.str()}",
+            error_reason=reason,
             error_type=f"KafkaError.{error.name()}",
             error_stage="produce",
             original_topic=self.topic,
             failed_by=self.client_id,
-            retry_count=attempts,
+            retry_count=1,
             original_key=message.key(),
             original_value=message.value(),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource
@@ -20,7 +20,7 @@ from orders_dlq.kafka import (
     reliable_producer_config,
     settle,
 )
-from orders_dlq.spool import SPOOL_ID_HEADER, Spool
+from orders_dlq.spool import SPOOL_ID_HEADER, Spool, SpoolBusy
 
 # Errors that say "this message can never be written to this topic as it is": retrying the same
 # bytes cannot help, a smaller dead letter can. MSG_SIZE_TOO_LARGE is both librdkafka's own check
@@ -66,6 +66,11 @@ class DrainResult:
     sent: int = 0
     already_in_kafka: int = 0
     remaining: int = 0
+    # Rows kept for now, by why: another cluster's, a topic this cluster lacks, a delivery error.
+    held: dict = field(default_factory=dict)
+
+    def held_text(self) -> str:
+        return "; ".join(f"{count} {why}" for why, count in self.held.items())
 
 
 class DeadLetterProducer:
@@ -77,7 +82,7 @@ class DeadLetterProducer:
     """
 
     def __init__(self, settings: KafkaSettings, *, producer: Producer | None = None,
-                 spool: Spool | None = None, delivery_timeout: float = 10.0):
+                 spool: Spool | None = None, delivery_timeout: float = 10.0, origin: str | None = None):
         self.settings = settings
         self.topic = settings.dlq_topic
         self.codec = DeadLetterCodec(dead_letter_codec())
@@ -87,6 +92,14 @@ class DeadLetterProducer:
         self._max_bytes: int | None = None  # the DLQ's limit, asked once (see max_bytes)
         self.reduced = 0  # dead letters written without (part of) their original message
         self.permanent_error: str | None = None  # set by a delivery error no retry can fix
+        self.origin = origin  # who spools (recorded per row, so a run can count its own rows)
+        self.cluster_id: str | None = None  # the cluster this producer talks to, once it answered
+
+    def cluster(self, timeout: float = 10.0) -> tuple[str | None, set[str]]:
+        """The cluster's id and its topics, from metadata (raises KafkaException when it does not answer)."""
+        metadata = self.producer.list_topics(timeout=timeout)
+        self.cluster_id = metadata.cluster_id or self.cluster_id
+        return metadata.cluster_id, {name for name, topic in metadata.topics.items() if topic.error is None}
 
     @property
     def max_bytes(self) -> int:
@@ -222,44 +235,76 @@ class DeadLetterProducer:
         return result
 
     def spool_all(self, dead_letters: list[DeadLetter]) -> int:
-        """Commit dead letters to the local spool (used when the cluster cannot take them)."""
+        """Commit dead letters to the local spool (used when the cluster cannot take them), with the
+        cluster they belong to: they are drained into that cluster only."""
         if self.spool is None:
             raise ToolFailure(f"{len(dead_letters)} dead letter(s) could not be delivered and no spool is configured")
-        for dead_letter in dead_letters:
-            self.spool.add(self.topic, *self.encode(dead_letter))
         if dead_letters:
+            self.spool.add_many([(self.topic, *self.encode(d)) for d in dead_letters], cluster_id=self.cluster_id,
+                                bootstrap=self.settings.bootstrap_servers, origin=self.origin)
             log.warning("%d dead letter(s) kept in the local spool %s; they are sent to %s when Kafka is back "
                         "(`python dlq_producer.py --flush-spool`)", len(dead_letters), self.spool.path, self.topic)
         return len(dead_letters)
 
     def drain_spool(self, timeout: float = 30.0) -> DrainResult:
-        """Send the spool to Kafka in order, each message exactly once, deleting what Kafka confirmed."""
+        """Send this cluster's spooled dead letters in order, each exactly once, deleting what Kafka
+        confirmed. A row that cannot go now (another cluster's, a missing topic, a refusal) is kept
+        and counted in `held`: it never stops the drain of the others, nor the tool that drains."""
         if self.spool is None:
             return DrainResult()
+        result = DrainResult()
+        try:
+            cluster_id, topics = self.cluster(timeout=min(timeout, 10.0))
+        except KafkaException:
+            result.remaining = self.spool.count()
+            result.held["waiting for a reachable cluster"] = result.remaining
+            return result
         with self.spool.drain_lock():
-            rows = self.spool.pending()
-            if not rows:
-                return DrainResult()
-            result = DrainResult()
+            rows = self.spool.pending(cluster_id=cluster_id, bootstrap=self.settings.bootstrap_servers)
+            others = self.spool.count() - len(rows)
+            if others:
+                result.held["of another cluster"] = others
+            absent = [row for row in rows if row.topic not in topics]
+            for topic in sorted({row.topic for row in absent}):
+                why = f"for {topic}, which does not exist on this cluster"
+                result.held[why] = sum(row.topic == topic for row in absent)
+            rows = [row for row in rows if row.topic in topics]
             interrupted = [row for row in rows if row.sending_since is not None]
             if interrupted:
                 # A previous drain may have delivered these before it could delete them.
                 since = min(row.sending_since for row in interrupted) - 60
-                present = self._spool_ids_in_kafka({row.topic for row in interrupted}, since, timeout)
+                checked = {row.topic for row in interrupted}
+                try:
+                    present = self._spool_ids_in_kafka(checked, since, timeout)
+                except ToolFailure as exc:
+                    # Cannot tell which were sent: keep those topics' rows rather than risk a duplicate.
+                    log.warning("%s", exc)
+                    held = [row for row in rows if row.topic in checked]
+                    result.held[f"not checkable now ({', '.join(sorted(checked))})"] = len(held)
+                    rows = [row for row in rows if row.topic not in checked]
+                    present = set()
                 duplicates = [row.row_id for row in rows if row.spool_id in present]
                 self.spool.delete(duplicates)
                 result.already_in_kafka = len(duplicates)
                 rows = [row for row in rows if row.spool_id not in present]
             self.spool.mark_sending([row.row_id for row in rows])
             delivered: list[int] = []
+            refused: dict[str, int] = {}
 
             def confirm(row_id):
-                return lambda error, _message: error is None and delivered.append(row_id)
+                def report(error, _message):
+                    if error is None:
+                        delivered.append(row_id)
+                    else:
+                        refused[error.str()] = refused.get(error.str(), 0) + 1
+                return report
 
             for row in rows:
                 self._produce(row.topic, row.key, row.value, row.kafka_headers(), confirm(row.row_id))
             self.producer.flush(timeout)
             self.spool.delete(delivered)
+            for why, count in refused.items():
+                result.held[f"refused by Kafka ({why})"] = count
             result.sent = len(delivered)
             result.remaining = self.spool.count()
             return result
@@ -289,11 +334,20 @@ class DeadLetterProducer:
 
 
 def drain_if_pending(publisher: DeadLetterProducer, timeout: float = 30.0) -> DrainResult:
-    """At start-up, with the broker reachable: send what an earlier run had to spool."""
+    """At start-up, with the broker reachable: send what an earlier run had to spool. What cannot go
+    now is reported in one line and kept; it never stops the tool that started."""
     if publisher.spool is None or publisher.spool.count() == 0:
         return DrainResult()
     started = time.monotonic()
-    result = publisher.drain_spool(timeout)
-    log.info("spool: sent %d dead letter(s) to Kafka (%d were already there), %d remain, in %.1fs",
-             result.sent, result.already_in_kafka, result.remaining, time.monotonic() - started)
+    try:
+        result = publisher.drain_spool(timeout)
+    except SpoolBusy:
+        log.info("spool: another process is draining %s; going on", publisher.spool.path)
+        return DrainResult(remaining=publisher.spool.count())
+    if result.sent or result.already_in_kafka:
+        log.info("spool: sent %d dead letter(s) to Kafka (%d were already there), %d remain, in %.1fs",
+                 result.sent, result.already_in_kafka, result.remaining, time.monotonic() - started)
+    if result.held:
+        log.warning("spool: %d dead letter(s) kept in %s: %s (see `python dlq_producer.py --spool-status`)",
+                    sum(result.held.values()), publisher.spool.path, result.held_text())
     return result

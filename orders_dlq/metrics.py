@@ -18,7 +18,6 @@ consumer_aggregation.py
 producer.py
   orders_dlq_orders_produced_total                    orders handed to the Kafka client (first attempts)
   orders_dlq_orders_sent_total                        orders the broker acknowledged
-  orders_dlq_delivery_retries_total                   delivery attempts after a failed one
   orders_dlq_dead_letters_total{stage="produce",reason}
   orders_dlq_spool_size
 
@@ -62,7 +61,6 @@ OTHER_REASON = "other"
 ORDERS_PROCESSED = Counter(PREFIX + "orders_processed", "Orders aggregated by the consumer", registry=None)
 DEAD_LETTERS = Counter(PREFIX + "dead_letters", "Dead letters created, by stage and reason category",
                        ["stage", "reason"], registry=None)
-DELIVERY_RETRIES = Counter(PREFIX + "delivery_retries", "Order delivery attempts after a failed one", registry=None)
 ORDERS_PRODUCED = Counter(PREFIX + "orders_produced", "Orders handed to the Kafka client (first attempts)",
                           registry=None)
 ORDERS_SENT = Counter(PREFIX + "orders_sent", "Orders acknowledged by the broker", registry=None)
@@ -100,7 +98,7 @@ class MonitorGauges(Collector):
 
 MONITOR_GAUGES = MonitorGauges()
 
-PRODUCER = (ORDERS_PRODUCED, ORDERS_SENT, DELIVERY_RETRIES, DEAD_LETTERS, SPOOL_SIZE)
+PRODUCER = (ORDERS_PRODUCED, ORDERS_SENT, DEAD_LETTERS, SPOOL_SIZE)
 CONSUMER = (ORDERS_PROCESSED, DEAD_LETTERS, CONSUMER_LAG, SPOOL_SIZE)
 MONITOR = (MONITOR_SEEN, MONITOR_GAUGES)
 

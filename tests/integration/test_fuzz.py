@@ -99,7 +99,8 @@ valid_orders = st.builds(
                                                        "price": cents_bytes(cents), "created_at": at}),
     st.uuids(), st.sampled_from(sorted(PRODUCTS)), st.integers(1, MAX_CENTS), st.integers(0, NOW_MICROS))
 # About half valid orders, so that exact totals are checked among the failures.
-values = st.one_of(valid_orders, valid_orders, valid_orders, valid_orders, mutated(orders), st.binary(max_size=200), st.just(b""), st.none(),
+values = st.one_of(valid_orders, valid_orders, valid_orders, valid_orders, mutated(orders),
+                   st.binary(max_size=200), st.just(b""), st.none(),
                    st.integers(100_000, 900_000).map(lambda n: b"\x01" * n))
 header_names = st.one_of(st.text(alphabet=no_surrogates, max_size=20), st.sampled_from([
     "dlq.replay.count", "dlq.retry.count", "dlq.format", "dlq.error.stage", "dlq.spool.id", "dlq.reduced",

@@ -46,7 +46,6 @@ USAGE_CASES = [
     case("producer.py", ["--bad-ratio", "1.5"], names="--bad-ratio"),
     case("producer.py", ["--bad-ratio", "0.6", "--poison-ratio", "0.6"], names="--bad-ratio"),
     case("producer.py", ["--poison-ratio", "-0.1"], names="--poison-ratio"),
-    case("producer.py", ["--max-attempts", "0"], names="--max-attempts"),
     case("producer.py", ["--retry-backoff-ms", "-1"], names="--retry-backoff-ms"),
     case("producer.py", ["--delivery-timeout", "0"], names="--delivery-timeout"),
     case("producer.py", ["--seed", "x"], names="--seed"),
@@ -255,11 +254,15 @@ def background(shared, kafka_bootstrap, tmp_path_factory):
     for script in SCRIPTS:
         unreachable = Scripts(UNREACHABLE, tmp_path_factory.mktemp("unreachable"), topic=pipeline.topic)
         args = ["--delivery-timeout", 1, "--count", 2, "--json"] if script == "producer.py" else []
+        if script == "dlq_producer.py":
+            args = ["--send-example"]
         jobs.start(f"unreachable {script}", unreachable, script, "-b", UNREACHABLE, *args, timeout=60)
         secret = Scripts(kafka_bootstrap, tmp_path_factory.mktemp("secret"), topic=pipeline.topic)
         args = ["--count", 2, "--delivery-timeout", 2] if script == "producer.py" else []
         if script == "consumer_aggregation.py":
             args = ["-g", f"{pipeline.group}-sasl", "--idle-timeout", 1]
+        if script == "dlq_producer.py":
+            args = ["--send-example"]
         jobs.start(f"secret {script}", secret, script, *SASL, *args, timeout=60)
     yield jobs
     jobs.pool.shutdown(wait=True)  # every run is bounded by its subprocess timeout

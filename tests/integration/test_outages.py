@@ -68,8 +68,7 @@ def test_drain_killed_half_way_then_rerun_delivers_each_dead_letter_once(private
     spool = tmp_path / "spool.sqlite3"
     env = {"DLQ_SPOOL": str(spool)}
     private_kafka.stop()
-    scripts.run("producer.py", "--count", 3000, "--delivery-timeout", 1, "--retry-backoff-ms", 10,
-                "--max-attempts", 1, env=env, expect=1, timeout=120)
+    scripts.run("producer.py", "--count", 3000, "--delivery-timeout", 1, env=env, expect=1, timeout=120)
     assert spool_rows(spool) == (3000, 0)
     private_kafka.start(timeout=120)
 

@@ -191,7 +191,7 @@ def test_spring_style_dead_letter_is_replayed_to_its_original_topic(pipeline: Pi
     producer = Producer({"bootstrap.servers": pipeline.bootstrap})
     producer.produce(pipeline.dlq_topic, key=b"spring-key", value=encode_order(order), headers=headers)
     assert producer.flush(30) == 0
-    pipeline.scripts.run("dlq_producer.py")  # our example dead letter: it has no original value
+    pipeline.scripts.run("dlq_producer.py", "--send-example")  # our example dead letter: it has no original value
 
     result = pipeline.scripts.json("dlq_replay.py", "--original-topic", pipeline.topic)
 

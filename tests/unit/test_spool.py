@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -148,14 +147,14 @@ def test_add_is_durable_when_the_process_is_killed_right_after(tmp_path):
 
 
 TRY_LOCK = """
-    import fcntl, sys
-    with open(sys.argv[1], "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print("blocked")
-        else:
+    import sys
+    from pathlib import Path
+    from orders_dlq.spool import DrainLock, SpoolBusy
+    try:
+        with DrainLock(Path(sys.argv[1]), wait=0):
             print("acquired")
+    except SpoolBusy:
+        print("blocked")
 """
 
 
@@ -184,14 +183,14 @@ def test_drain_lock_held_by_another_process_blocks_us(spool):
     """), str(spool.path)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "locked"
-        with open(spool.path.with_name(spool.path.name + ".lock"), "w") as handle:
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            child.stdin.write("go\n")
-            child.stdin.flush()
-            assert child.stdout.readline().strip() == "released"
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free now
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        with pytest.raises(spool_module.SpoolBusy):
+            with spool.drain_lock(wait=0.2):
+                pass
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "released"
+        with spool.drain_lock(wait=0):
+            pass  # free now
         assert child.wait(timeout=CHILD_TIMEOUT) == 0
     finally:
         if child.poll() is None:
