@@ -7,6 +7,7 @@ import sqlite3
 
 import kafka_local
 import pytest
+from confluent_kafka.admin import AdminClient
 from conftest import Pipeline, Scripts, assert_dead_lettered_exactly_once, assert_summary_matches_truth, wait_for
 
 pytestmark = pytest.mark.integration
@@ -34,16 +35,19 @@ def test_three_brokers_one_killed_while_producing_and_consuming_loses_nothing(tm
         pipeline.setup("--replication-factor", 3)
         consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--instance-id", "solo",
                                  "--idle-timeout", 20, "--json", "--print-interval", 0)
-        # Delivery attempts long enough to ride out a leader election: librdkafka's own
-        # (idempotent, duplicate-free) retries do the work, not the application's.
+        # The producer at its default flags: one delivery budget per order, never resent, must ride
+        # out the election that follows the death of the leader it is writing to.
         producer = scripts.spawn("producer.py", "--count", 20000, "--rate", 2500, "--poison-ratio", 0.002,
-                                 "--delivery-timeout", 60, "--seed", 13, "--json")
+                                 "--seed", 13, "--json")
         try:
             wait_for(lambda: sum(max(o, 0) for o in pipeline.committed().values()) > 3000, 120, "progress")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- consumer\n{consumer.stderr()[-3000:]}\n"
                                  f"--- producer\n{producer.stderr()[-2000:]}") from None
-        cluster.kill_broker(1)
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+        leader = admin.list_topics(pipeline.topic, timeout=10).topics[pipeline.topic].partitions[0].leader
+        cluster.kill_broker(leader - 1)  # node ids are 1-based
+        assert producer.running(), "the producer ended before the leader died: the failover was not tested"
 
         assert producer.wait(240) == 0, producer.stderr()[-2000:]
         assert consumer.wait(240) == 0, consumer.stderr()[-2000:]
@@ -57,6 +61,8 @@ def test_three_brokers_one_killed_while_producing_and_consuming_loses_nothing(tm
     assert sent["sent"] == 20000 and sent["dead_lettered"] == sent["spooled"] == 0
     keys = [m.key() for m in messages]
     assert len(keys) == len(set(keys)) == 20000, "an order was lost or written twice"
+    assert not {letter["_key"] for letter in letters if letter["error_stage"] == "produce"}, \
+        "an order was dead-lettered by the producer although it reached the topic"
     assert_summary_matches_truth(summary, truth)
     assert_dead_lettered_exactly_once(letters, truth)
 
@@ -108,3 +114,53 @@ def test_spool_drains_by_itself_when_a_tool_next_starts_with_the_broker_up(priva
     summary = pipeline.consume()
     assert summary["processed"] == 5
     assert_summary_matches_truth(summary, pipeline.truth())
+
+
+def test_a_long_outage_spools_every_order_as_it_fails_and_the_counts_add_up(private_kafka, tmp_path):
+    """More orders than librdkafka's queue holds, the broker down all along: the producer used to end in
+    a RecursionError with nothing spooled. Each order must end sent, dead-lettered or spooled."""
+    scripts = Scripts(private_kafka.bootstrap, tmp_path)
+    pipeline = Pipeline(private_kafka.bootstrap, scripts)
+    pipeline.setup()
+    spool = tmp_path / "spool.sqlite3"
+    private_kafka.stop()
+
+    # A small queue so that it fills many times over: every produce() then waits for room.
+    result = scripts.run("producer.py", "--count", 30000, "--delivery-timeout", 1,
+                         "-X", "queue.buffering.max.messages=2000", "--json",
+                         env={"DLQ_SPOOL": str(spool)}, expect=1, timeout=180)
+
+    summary = json.loads(result.stdout)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert summary["produced"] == 30000
+    assert summary["sent"] + summary["dead_lettered"] + summary["spooled"] == 30000
+    assert summary["spooled"] == 30000 == spool_rows(spool)[0]
+
+
+def test_a_spooled_row_that_cannot_be_drained_is_reported_and_kept_but_never_blocks(pipeline, scripts, tmp_path):
+    """A row for a topic this cluster lacks (after a drain attempt), and a row of another cluster."""
+    from orders_dlq.spool import Spool
+    spool_path = tmp_path / "dlq-spool.sqlite3"
+    spool = Spool(spool_path)
+    spool.add("nosuch.DLQ", b"k", b"v", [])
+    spool.mark_sending([row.row_id for row in spool.pending()])
+    spool.add(pipeline.dlq_topic, b"k2", b"v2", [], cluster_id="another-cluster-id", bootstrap="elsewhere:9092")
+    spool.close()
+
+    for script, args in (("producer.py", ["--count", 3]), ("consumer_aggregation.py", ["-g", pipeline.group,
+                                                                                      "--idle-timeout", 2])):
+        result = scripts.run(script, *args)
+        kept = [line for line in result.stderr.splitlines() if "kept in" in line]
+        assert len(kept) == 1, result.stderr
+        assert "for nosuch.DLQ, which does not exist on this cluster" in kept[0]
+        assert "1 of another cluster" in kept[0]
+    assert spool_rows(spool_path)[0] == 2
+
+    status = scripts.json("dlq_producer.py", "--spool-status")
+    assert sorted((row["topic"], row["cluster_id"], row["count"]) for row in status) == [
+        ("nosuch.DLQ", None, 1), (pipeline.dlq_topic, "another-cluster-id", 1)]
+    assert scripts.json("dlq_producer.py", "--discard", "--for-topic", "nosuch.DLQ") == {
+        "discarded": 1, "remaining": 1}
+    assert scripts.json("dlq_producer.py", "--discard", "--cluster", "another-cluster-id") == {
+        "discarded": 1, "remaining": 0}
+    assert pipeline.dead_letters() == []  # nothing went to a cluster it did not belong to
