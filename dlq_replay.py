@@ -46,6 +46,8 @@ def build_parser():
                         help="send every selected message to this topic instead of its original topic")
     replay.add_argument("--dry-run", action="store_true",
                         help="list what would be sent, one line per selected dead letter; send and commit nothing")
+    replay.add_argument("--force", action="store_true",
+                        help="also send dead letters the replay ledger (<dlq>.status) says were replayed before")
     replay.add_argument("--max-replays", type=cli.positive(int),
                         help="loop guard: a message already replayed this many times is held, not sent "
                              f"(env REPLAY_MAX_REPLAYS, default {DEFAULT_MAX_REPLAYS})")
@@ -83,6 +85,7 @@ def main(argv=None) -> int:
         rate=cli.setting(args, "rate", "REPLAY_RATE", None, cli.positive(float)),
         limit=args.limit,
         dry_run=args.dry_run,
+        force=args.force,
         from_beginning=args.from_beginning,
         batch_size=args.batch_size or 500,
         commit_interval=(args.commit_interval_ms or 1000) / 1000,

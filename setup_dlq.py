@@ -10,6 +10,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from orders_dlq import cli
 from orders_dlq.kafka import DEAD_LETTER_MAX_BYTES, require_cluster
+from orders_dlq.replay import status_topic
 
 DAY_MS = 24 * 3600 * 1000
 TIMEOUT = 30.0
@@ -29,6 +30,10 @@ def topic_plans(settings, state_topic: str, partitions: int, dlq_partitions: int
         # Compaction keeps the latest state per (group, topic, partition): restores stay small.
         (state_topic, 1, {**durability, "cleanup.policy": "compact", "segment.ms": str(3600 * 1000),
                           "min.cleanable.dirty.ratio": "0.1"}),
+        # The replay ledger: one record per dead letter ever replayed, so no selection, group or
+        # --from-beginning can send it twice. Compacted: it holds one record per key for good.
+        (status_topic(settings.dlq_topic), 1, {**durability, "cleanup.policy": "compact",
+                                               "min.cleanable.dirty.ratio": "0.1"}),
     ]
 
 

@@ -46,6 +46,10 @@ MAX_RETRY_SECONDS = 60.0
 # With --idle-timeout, how long an instance without partitions waits before it gives up: longer
 # than a rebalance that waits for a dead member's session (10 s) to expire.
 UNASSIGNED_GRACE_SECONDS = 30.0
+# A transactional producer that Kafka ended is replaced; this many times within the window, and
+# the cause is no longer an outage but (most likely) another live instance with the same id.
+MAX_RENEWALS = 3
+RENEWAL_WINDOW_SECONDS = 300.0
 
 
 def state_key(group: str, topic: str, partition: int) -> bytes:
@@ -147,8 +151,11 @@ class OrderAggregator:
                 # (read_committed) until the coordinator aborts its transaction after this.
                 "transaction.timeout.ms": 15000,
             }
-        self.producer = Producer(reliable_producer_config(settings, delivery_timeout, **producer_extra))
+        self.instance_id = instance_id
+        self.producer_config = reliable_producer_config(settings, delivery_timeout, **producer_extra)
+        self.producer = Producer(self.producer_config)
         self.dead_letters = DeadLetterProducer(settings, producer=self.producer)
+        self.renewals: list[float] = []  # when the transactional producer had to be replaced
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -397,11 +404,47 @@ class OrderAggregator:
             except KafkaException as exc:
                 error = exc.args[0]
                 if error.fatal():
-                    self._fail(f"the transactional producer hit a fatal error: {error.str()}")
+                    self._renew_producer(error)
+                    return
                 if time.monotonic() > deadline:
                     self._fail(f"could not abort the transaction within {timeout:g}s: {error.str()}")
                 log.warning("aborting the transaction: %s; trying again", error.str())
                 time.sleep(1)
+        self.producer.begin_transaction()
+
+    def _renew_producer(self, error: KafkaError) -> None:
+        """Replace a transactional producer that Kafka ended, then begin a transaction on the new one.
+
+        A transaction left open longer than transaction.timeout.ms (the broker unreachable for that
+        long in the middle of a unit, or a long burst of retries) is aborted by the coordinator,
+        and the producer that owned it gets a fatal "fenced" error. That is not another instance:
+        with the same transactional.id, a new producer takes over (init_transactions bumps the
+        epoch) and the unit since the last commit, already rolled back, is redone. Only when this
+        keeps happening is another live instance with the same --instance-id the likely cause.
+        """
+        now = time.monotonic()
+        self.renewals = [t for t in self.renewals if now - t < RENEWAL_WINDOW_SECONDS] + [now]
+        if len(self.renewals) > MAX_RENEWALS:
+            cause = (f"another instance with --instance-id {self.instance_id} is probably running"
+                     if self.instance_id else "Kafka keeps ending its transactions")
+            self._fail(f"the transactional producer was fenced {len(self.renewals)} times within "
+                       f"{RENEWAL_WINDOW_SECONDS:g}s ({error.str()}): {cause}")
+        log.warning("Kafka ended the open transaction (%s), most likely because it was unreachable for longer "
+                    "than transaction.timeout.ms: a new transactional producer redoes the work since the last "
+                    "commit", error.str())
+        self.producer = Producer(self.producer_config)
+        self.dead_letters.producer = self.producer
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                self.producer.init_transactions(30)
+                break
+            except KafkaException as exc:
+                failure = exc.args[0]
+                if failure.fatal() or not failure.retriable() or time.monotonic() > deadline:
+                    self._fail(f"cannot start a new transactional producer after Kafka ended the last one: "
+                               f"{failure.str()}")
+                log.warning("starting a new transactional producer: %s; trying again", failure.str())
         self.producer.begin_transaction()
 
     def _fail(self, reason: str):
@@ -418,12 +461,12 @@ class OrderAggregator:
             # retrying would stall every partition for ever. Stop, with nothing committed past it.
             self._drop_uncommitted(seek=False)
             self._fail(self.dead_letters.permanent_error)
-        if isinstance(error, KafkaError) and error.fatal():
-            self._fail(f"this consumer was fenced or hit a fatal error: {error.str()} "
-                       "(another instance with the same --instance-id may be running)")
+        fatal = error if isinstance(error, KafkaError) and error.fatal() and self.exactly_once else None
+        if isinstance(error, KafkaError) and error.fatal() and not self.exactly_once:
+            self._fail(f"this consumer hit a fatal error: {error.str()}")
         reason = error.str() if isinstance(error, KafkaError) else str(exc)
         positions = ", ".join(f"{self.topic}[{p}]@{self.committed[p].next_offset}" for p in sorted(self.dirty))
-        self._drop_uncommitted(seek=not in_rebalance)
+        self._drop_uncommitted(seek=not in_rebalance, renew=fatal)
         self.commit_failures += 1
         if in_rebalance:
             log.warning("commit failed while partitions move (%s): the next owner redoes the work", reason)
@@ -435,9 +478,12 @@ class OrderAggregator:
         while not self.stop and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def _drop_uncommitted(self, seek: bool) -> None:
+    def _drop_uncommitted(self, seek: bool, renew: KafkaError | None = None) -> None:
         if self.exactly_once:
-            self._abort_transaction()
+            if renew is not None:
+                self._renew_producer(renew)  # a fenced producer cannot even abort: replace it
+            else:
+                self._abort_transaction()
         else:
             settle(self.producer)  # the abandoned unit's messages end before it is redone
         self.delivery_errors.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import kafka_local
 import pytest
@@ -164,3 +165,34 @@ def test_a_spooled_row_that_cannot_be_drained_is_reported_and_kept_but_never_blo
     assert scripts.json("dlq_producer.py", "--discard", "--cluster", "another-cluster-id") == {
         "discarded": 1, "remaining": 0}
     assert pipeline.dead_letters() == []  # nothing went to a cluster it did not belong to
+
+
+def test_exactly_once_consumer_rides_out_a_broker_outage_longer_than_its_transaction_timeout(private_kafka, tmp_path):
+    """The broker stops for 30 s under an exactly-once consumer in the middle of its work: the open
+    transaction outlives transaction.timeout.ms (15 s) and Kafka ends it. The consumer used to stop,
+    blaming "another instance with the same --instance-id"; it must go on, and count exactly."""
+    scripts = Scripts(private_kafka.bootstrap, tmp_path)
+    pipeline = Pipeline(private_kafka.bootstrap, scripts)
+    pipeline.setup()
+    consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 20, "--json",
+                             "--print-interval", 0)
+    producer = scripts.spawn("producer.py", "--count", 12000, "--rate", 200, "--bad-ratio", 0.01, "--seed", 31,
+                             "--delivery-timeout", 180, "--json")
+    try:
+        wait_for(lambda: sum(max(o, 0) for o in pipeline.committed().values()) > 1000, 90, "progress")
+        private_kafka.stop()
+        outage_ends = time.monotonic() + 30
+        # The outage itself: a scenario length, not a synchronisation.
+        wait_for(lambda: time.monotonic() > outage_ends or not consumer.running(), 60, "the outage to last")
+        assert consumer.running(), f"the consumer stopped during the outage\n{consumer.stderr()[-3000:]}"
+        private_kafka.start(timeout=120)
+        assert producer.wait(300) == 0, producer.stderr()[-3000:]
+        assert consumer.wait(300) == 0, consumer.stderr()[-3000:]
+    finally:
+        for process in (producer, consumer):
+            if process.running():
+                process.kill()
+    assert "another instance" not in consumer.stderr()
+    truth = pipeline.truth()
+    assert_summary_matches_truth(pipeline.report(), truth)
+    assert_dead_lettered_exactly_once(pipeline.dead_letters(), truth)
