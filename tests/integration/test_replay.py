@@ -202,3 +202,39 @@ def test_spring_style_dead_letter_is_replayed_to_its_original_topic(pipeline: Pi
     assert classify(message.value())[0]["order_id"] == order["order_id"]
     summary = pipeline.consume("--max-messages", 1)
     assert summary["overall"]["count"] == 1 and summary["overall"]["total"] == "7.25"
+
+
+def test_a_dead_letter_is_replayed_once_whatever_the_group_the_selection_or_the_start(pipeline: Pipeline):
+    pipeline.scripts.json("producer.py", "--count", 200, "--bad-ratio", 0.3, "--seed", 29)
+    pipeline.consume("--max-messages", 200)
+    dlq = pipeline.read(pipeline.dlq_topic)
+    unknown = [letter for letter in pipeline.dead_letters() if letter["error_reason"].startswith("unknown product")]
+    assert len(unknown) >= 5
+    # A second copy of one dead letter (at-least-once can write one): same original, another DLQ offset.
+    copy = next(m for m in dlq if b"unknown product" in m.value())
+    producer = Producer({"bootstrap.servers": pipeline.bootstrap})
+    producer.produce(pipeline.dlq_topic, value=copy.value(), key=copy.key(), headers=copy.headers())
+    assert producer.flush(30) == 0
+    select = ["--reason", "unknown product", "--json"]
+
+    first = pipeline.scripts.json("dlq_replay.py", *select[:-1])
+    other_group = pipeline.scripts.json("dlq_replay.py", "-g", f"{pipeline.group}-other", *select[:-1])
+    from_start = pipeline.scripts.json("dlq_replay.py", "--from-beginning", *select[:-1])
+    preview = pipeline.scripts.json("dlq_replay.py", "-g", f"{pipeline.group}-preview", "--dry-run", *select[:-1])
+
+    assert (first["replayed"], first["already_replayed"]) == (len(unknown), 1)
+    assert (other_group["replayed"], other_group["already_replayed"]) == (0, len(unknown) + 1)
+    assert (from_start["replayed"], from_start["already_replayed"]) == (0, len(unknown) + 1)
+    assert (preview["would_replay"], preview["already_replayed"]) == (0, len(unknown) + 1)
+    assert {entry["action"] for entry in preview["listing"]} == {"already_replayed"}
+    replayed = replayed_messages(pipeline)
+    assert len(replayed) == len(unknown)
+    assert Counter(m.key() for m in replayed) == Counter(letter["original_key"] for letter in unknown)
+
+    forced = pipeline.scripts.json("dlq_replay.py", "-g", f"{pipeline.group}-forced", "--force", *select[:-1])
+
+    assert (forced["replayed"], forced["already_replayed"]) == (len(unknown) + 1, 0)
+    assert len(replayed_messages(pipeline)) == 2 * len(unknown) + 1
+    ledger = pipeline.read(f"{pipeline.dlq_topic}.status")
+    assert len({m.key() for m in ledger}) == len(unknown)
+    assert {json.loads(m.value())["status"] for m in ledger} == {"replayed"}
