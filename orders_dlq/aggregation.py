@@ -25,14 +25,21 @@ import time
 import uuid
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 
 from orders_dlq import metrics
 from orders_dlq.cli import KafkaSettings, StopFlag, ToolFailure, log
 from orders_dlq.codec import DecodeError, order_codec
 from orders_dlq.dead_letter import DeadLetter, replay_count_of
 from orders_dlq.dlq import DeadLetterProducer
-from orders_dlq.kafka import common_client_config, read_to_end, reader_config, reliable_producer_config, settle
+from orders_dlq.kafka import (
+    admin_client,
+    common_client_config,
+    read_to_end,
+    reader_config,
+    reliable_producer_config,
+    settle,
+)
 from orders_dlq.orders import CATALOGUE, InvalidOrder, validate
 from orders_dlq.retry import RetryPolicy, is_retryable
 from orders_dlq.stats import Aggregate, LatencyReservoir, PartitionState, combine
@@ -96,6 +103,16 @@ def read_states(settings: KafkaSettings, state_topic: str, group: str, topic: st
         reader.close()
 
 
+def topic_id(settings: KafkaSettings, topic: str) -> str | None:
+    """The topic's id (it changes when a topic is deleted and created again), or None if unknown."""
+    try:
+        admin = admin_client(settings)  # kept alive until the answer is in: its futures die with it
+        description = admin.describe_topics(TopicCollection([topic]), request_timeout=10)
+        return str(description[topic].result(10).topic_id)
+    except Exception:  # noqa: BLE001 - without it, only the check for a recreated topic is skipped
+        return None
+
+
 class CommitFailed(Exception):
     """The unit of work could not be committed; it must be rolled back and redone."""
 
@@ -156,6 +173,7 @@ class OrderAggregator:
         self.producer = Producer(self.producer_config)
         self.dead_letters = DeadLetterProducer(settings, producer=self.producer)
         self.renewals: list[float] = []  # when the transactional producer had to be replaced
+        self.topic_id = topic_id(settings, self.topic)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -348,6 +366,9 @@ class OrderAggregator:
                 # changelog before the dead letters of the orders it covers are confirmed.
                 self._settle_deliveries()
             for partition in self.dirty:
+                state = self.states[partition]
+                state.topic_id = self.topic_id
+                state.unit_start = self.committed[partition].next_offset
                 self.producer.produce(self.state_topic, key=state_key(self.group, self.topic, partition),
                                       value=self.states[partition].encode(),
                                       on_delivery=None if self.exactly_once else self._on_delivery)
@@ -506,7 +527,7 @@ class OrderAggregator:
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=60)}
         restored = self._restore(committed)
         for tp in partitions:
-            state = restored.get(tp.partition)
+            state = self._honour_operator(tp, restored.get(tp.partition), committed.get(tp.partition, -1))
             if state is None:
                 start = committed.get(tp.partition, -1)
                 if start < 0:
@@ -520,6 +541,32 @@ class OrderAggregator:
         log.info("assigned %s (restored %d from %s)",
                  ", ".join(f"{self.topic}[{tp.partition}]@{tp.offset}" for tp in partitions),
                  len(restored), self.state_topic)
+
+    def _honour_operator(self, tp: TopicPartition, state: PartitionState | None,
+                         committed: int) -> PartitionState | None:
+        """The restored state, unless an operator changed the ground under it; then say so in one line.
+
+        - The orders topic was deleted and created again (another topic id): its offsets start
+          over, so the old totals describe messages that are gone. That partition starts afresh.
+        - The group's offset was reset below what the state has counted (kafka-consumer-groups
+          --reset-offsets): the operator asks for those messages to be processed again. The
+          partition's totals start afresh at the reset point, so nothing is counted twice.
+        """
+        if state is None:
+            return None
+        where = f"{self.topic}[{tp.partition}]"
+        if state.topic_id and self.topic_id and state.topic_id != self.topic_id:
+            start = self.consumer.get_watermark_offsets(tp, timeout=10)[0]
+            log.warning("%s: the topic was deleted and created again since its totals were written (topic id %s, "
+                        "now %s): starting its totals afresh from offset %d", where, state.topic_id,
+                        self.topic_id, start)
+            return PartitionState(start)
+        reset = 0 <= committed < state.next_offset and (self.exactly_once or committed != state.unit_start)
+        if reset:
+            log.warning("%s: the group's offset was reset from %d to %d: re-counting from %d with fresh totals "
+                        "for this partition", where, state.next_offset, committed, committed)
+            return None
+        return state
 
     def _restore(self, committed: dict[int, int], timeout: float = 120.0) -> dict[int, PartitionState]:
         """Changelog states of the given partitions, at least as new as their committed offsets.

@@ -111,7 +111,8 @@ class DeadLetterProducer:
             limit = DEAD_LETTER_MAX_BYTES
             try:
                 resource = ConfigResource(ConfigResource.Type.TOPIC, self.topic)
-                configs = admin_client(self.settings).describe_configs([resource], request_timeout=5)
+                admin = admin_client(self.settings)  # kept alive until the answer is in
+                configs = admin.describe_configs([resource], request_timeout=5)
                 entry = configs[resource].result(timeout=5).get("max.message.bytes")
                 if entry is not None and entry.value:
                     limit = min(limit, int(entry.value))

@@ -101,15 +101,27 @@ class PartitionState:
 
     next_offset: int
     aggregate: Aggregate = field(default_factory=Aggregate)
+    # The input topic's id when this state was written: a topic deleted and created again under
+    # the same name has another id, and its offsets start over.
+    topic_id: str | None = None
+    # The committed offset the unit of work that wrote this state started from. At-least-once
+    # writes the state before the offsets, so after a crash the group's committed offset is this
+    # one; any other offset below next_offset was set by someone else (an offset reset).
+    unit_start: int | None = None
 
     def encode(self) -> bytes:
-        return json.dumps({"next_offset": self.next_offset, **self.aggregate.summary()},
+        extra = {}
+        if self.topic_id is not None:
+            extra["topic_id"] = self.topic_id
+        if self.unit_start is not None:
+            extra["unit_start"] = self.unit_start
+        return json.dumps({"next_offset": self.next_offset, **extra, **self.aggregate.summary()},
                           separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> PartitionState:
         raw = json.loads(data)
-        return cls(raw["next_offset"], Aggregate.from_summary(raw))
+        return cls(raw["next_offset"], Aggregate.from_summary(raw), raw.get("topic_id"), raw.get("unit_start"))
 
     def copy(self) -> PartitionState:
         return PartitionState.decode(self.encode())
