@@ -6,10 +6,11 @@ that fails the way a flaky downstream service would.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 import pytest
-from conftest import Pipeline, assert_summary_matches_truth
+from conftest import Pipeline, assert_dead_lettered_exactly_once, assert_summary_matches_truth
 
 from orders_dlq.aggregation import OrderAggregator
 from orders_dlq.cli import KafkaSettings
@@ -109,3 +110,36 @@ def test_a_bug_of_ours_outside_processing_is_dead_lettered_as_process_and_the_ru
     assert "Caramel" not in report["products"]
     assert report["overall"]["count"] == truth["count"] - caramel
     assert sum("BUG: handling" in record.getMessage() for record in caplog.records) == caramel
+
+
+class SlowOnceAggregator(OrderAggregator):
+    """One order takes longer than transaction.timeout.ms (15 s) to process: a slow downstream call."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen = 0
+
+    def process_order(self, aggregate, order):
+        self.seen += 1
+        if self.seen == 150:
+            # Longer than the timeout plus the coordinator's 10 s check for expired transactions.
+            time.sleep(30)
+        super().process_order(aggregate, order)
+
+
+def test_a_transaction_that_outlives_its_timeout_is_redone_by_a_new_producer_not_blamed_on_another_instance(
+        pipeline: Pipeline, caplog):
+    pipeline.scripts.json("producer.py", "--count", 400, "--bad-ratio", 0.3, "--seed", 47)
+    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
+    engine = SlowOnceAggregator(settings, group=pipeline.group, state_topic=pipeline.state_topic,
+                                guarantee="exactly-once", batch_size=100,
+                                retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
+
+    engine.run(idle_timeout=3)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("Kafka ended the open transaction" in m for m in messages), messages[-20:]
+    assert not any("another instance" in m for m in messages)
+    truth = pipeline.truth()
+    assert_summary_matches_truth(pipeline.report(), truth)
+    assert_dead_lettered_exactly_once(pipeline.dead_letters(), truth)
