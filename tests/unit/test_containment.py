@@ -150,3 +150,42 @@ def test_permanent_delivery_errors_are_told_apart_from_transient_ones():
 def test_a_struct_packed_spring_partition_still_reads():
     dead_letter = CODEC.decode_message(b"raw", [("kafka_dlt-original-partition", struct.pack(">i", 4))])
     assert dead_letter.original_partition == 4
+
+
+class MessageWithUnreadableHeaders:
+    """What confluent-kafka hands over for a record whose header name is not UTF-8: headers() raises."""
+
+    def headers(self):
+        raise SystemError("<built-in method headers> returned a result with an exception set")
+
+    def timestamp(self):
+        return 1, 1_700_000_000_000
+
+    def topic(self):
+        return "orders"
+
+    def partition(self):
+        return 2
+
+    def offset(self):
+        return 41
+
+    def key(self):
+        return b"k"
+
+    def value(self):
+        return b"\x00POISON"
+
+
+def test_a_message_whose_headers_cannot_be_read_still_gets_its_dead_letter():
+    from types import SimpleNamespace
+
+    from orders_dlq.aggregation import OrderAggregator
+    dead_letter = OrderAggregator._build_dead_letter(SimpleNamespace(group="g"), MessageWithUnreadableHeaders(),
+                                                     None, "deserialize", DecodeError("not a valid Avro order"), 0)
+    fitted = dead_letter.fitted()
+    headers = dict(fitted.headers())
+    assert fitted.original_headers == [] and fitted.original_value == b"\x00POISON"
+    assert headers["dlq.original.headers.unreadable"].startswith(b"SystemError: ")
+    back = CODEC.decode_message(CODEC.encode(fitted), fitted.headers())
+    assert (back.original_partition, back.original_offset, back.error_stage) == (2, 41, "deserialize")
