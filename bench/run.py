@@ -584,7 +584,8 @@ def check_durability() -> None:
     from orders_dlq.cli import KafkaSettings
     from orders_dlq.kafka import reliable_producer_config
 
-    project = reliable_producer_config(KafkaSettings("x", "t", "t.DLQ"), 30.0)  # producer.py's default --delivery-timeout
+    # producer.py's default --delivery-timeout (30 s): the raw loop must run with the same budget.
+    project = reliable_producer_config(KafkaSettings("x", "t", "t.DLQ"), 30.0)
     different = {k: (v, project.get(k)) for k, v in limits.DURABILITY.items() if project.get(k) != v}
     if different:
         raise SystemExit(f"bench/limits.py DURABILITY differs from reliable_producer_config: {different}")
