@@ -7,6 +7,10 @@ sends one dead letter like the guide's example, or drains the spool with --flush
 
 from __future__ import annotations
 
+import orders_dlq.python_version  # noqa: F401  first: below Python 3.11, one sentence and exit 2
+
+# isort: split
+
 import json
 import uuid
 from decimal import Decimal

@@ -33,6 +33,13 @@ import time
 import uuid
 from pathlib import Path
 
+MINIMUM_PYTHON = (3, 11)
+if sys.version_info < MINIMUM_PYTHON:  # before anything that needs 3.11: one sentence, not a traceback
+    sys.stderr.write("orders-dlq needs Python 3.11 or newer, but this is Python " + str(sys.version_info[0])
+                     + "." + str(sys.version_info[1]) + ": install a newer Python and recreate the virtualenv "
+                     "(see README.md).\n")
+    raise SystemExit(2)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POM = REPO_ROOT / "scripts" / "pom.xml"
 KAFKA_HOME = REPO_ROOT / ".kafka"  # git-ignored cache: jars and default data dir
