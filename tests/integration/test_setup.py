@@ -14,7 +14,7 @@ DAY_MS = 24 * 3600 * 1000
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def three_brokers(tmp_path_factory):
     """One three-node cluster for the whole module (starting one costs tens of seconds)."""
     cluster = kafka_local.LocalKafka(tmp_path_factory.mktemp("setup") / "cluster", brokers=3, base_port=0)
     cluster.start(timeout=180)
@@ -25,10 +25,10 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture
-def names(cluster, tmp_path):
+def names(three_brokers, tmp_path):
     topic = f"orders-{uuid.uuid4().hex[:8]}"
-    scripts = Scripts(cluster.bootstrap, tmp_path, topic)
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    scripts = Scripts(three_brokers.bootstrap, tmp_path, topic)
+    admin = AdminClient({"bootstrap.servers": three_brokers.bootstrap})
     return scripts, admin, topic
 
 
