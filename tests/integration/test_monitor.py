@@ -118,6 +118,29 @@ def test_producer_serves_produced_and_sent_counts(pipeline: Pipeline):
     assert summary["sent"] >= 50 and summary["sent"] == summary["produced"]
 
 
+def test_metrics_host_serves_on_another_interface(pipeline: Pipeline):
+    """--metrics-host lets a Prometheus that is not on loopback (a container) scrape the endpoint."""
+    address = outside_address()
+    if address == "192.0.2.1":
+        pytest.skip("this machine has no address besides loopback")
+    port = free_port()
+    producer = pipeline.scripts.spawn("producer.py", "--count", 100000, "--rate", 200, "--metrics-port", port,
+                                      "--metrics-host", address, "--json")
+
+    def scrape_outside():
+        try:
+            with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=2) as response:
+                return response.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+    try:
+        text = wait_for(scrape_outside, 20, f"metrics on {address}:{port}")
+        assert "orders_dlq_orders_sent_total" in text
+    finally:
+        producer.process.send_signal(signal.SIGTERM)
+        producer.wait(20)
+
+
 def test_monitor_serves_what_it_sees_and_stops_on_sigterm(pipeline: Pipeline):
     truth = produce_and_aggregate(pipeline)
     port = free_port()

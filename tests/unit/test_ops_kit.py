@@ -71,3 +71,20 @@ def test_names_follow_prometheus_conventions():
     # The monitor rebuilds its view from the whole DLQ at every start: a counter would count the
     # backlog again after each restart, so what it reads is a gauge.
     assert exported()["orders_dlq_monitor_dead_letters"] == "gauge"
+
+
+def test_metrics_host_that_cannot_be_bound_is_a_usage_error(monkeypatch):
+    import argparse
+    import socket
+
+    import pytest
+
+    from orders_dlq.cli import UsageError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.delenv("METRICS_HOST", raising=False)
+    args = argparse.Namespace(metrics_port=port, metrics_host="192.0.2.1")  # TEST-NET: not this machine's
+    with pytest.raises(UsageError, match=r"cannot serve metrics on 192\.0\.2\.1:\d+ \(--metrics-host"):
+        metrics.serve(args, ())
