@@ -201,8 +201,9 @@ WHAT_HAPPENS = {
 
 
 def describe(entry: dict) -> list[str]:
-    head = f"{entry['topic']}: {entry['action']} ({entry['partitions']} partitions, replication factor " \
-           f"{entry['replication_factor']}"
+    count = entry["partitions"]
+    head = (f"{entry['topic']}: {entry['action']} ({count} partition{'' if count == 1 else 's'}, "
+            f"replication factor {entry['replication_factor']}")
     if "retention.ms" in entry["configs"]:
         head += f", retention {show_value('retention.ms', entry['configs']['retention.ms'])}"
     lines = [head + ")"]
