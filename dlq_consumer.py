@@ -17,6 +17,10 @@ Exit codes: 0 ok, 1 runtime error (broker, topic), 2 usage error, 3 alert.
 
 from __future__ import annotations
 
+import orders_dlq.python_version  # noqa: F401  first: below Python 3.11, one sentence and exit 2
+
+# isort: split
+
 import json
 import shutil
 import sys

@@ -8,6 +8,10 @@ or sends one dead letter like the guide's example (--send-example). Without a fl
 
 from __future__ import annotations
 
+import orders_dlq.python_version  # noqa: F401  first: below Python 3.11, one sentence and exit 2
+
+# isort: split
+
 import json
 import time
 import uuid

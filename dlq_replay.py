@@ -21,6 +21,10 @@ A replay ends by itself at the end of the DLQ as it was when it started.
 
 from __future__ import annotations
 
+import orders_dlq.python_version  # noqa: F401  first: below Python 3.11, one sentence and exit 2
+
+# isort: split
+
 import json
 
 from orders_dlq import cli

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import orders_dlq.python_version  # noqa: F401  first: below Python 3.11, one sentence and exit 2
+
+# isort: split
+
 import json
 import os
 import socket

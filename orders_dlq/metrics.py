@@ -1,35 +1,40 @@
-"""Prometheus metrics of the scripts, served on 127.0.0.1 with --metrics-port PORT (env METRICS_PORT).
+"""Prometheus metrics of the scripts: --metrics-port PORT (env METRICS_PORT), --metrics-host (env METRICS_HOST).
 
-0 or absent means off: nothing listens. On, each script serves http://127.0.0.1:PORT/metrics (the
-loopback interface only: put a reverse proxy or an agent in front to expose it). The values live in
-the process, so they start at zero with every run; Prometheus' rate() and increase() handle that.
+0 or absent means off: nothing listens. On, each script serves http://HOST:PORT/metrics, HOST being
+127.0.0.1 unless --metrics-host says otherwise (0.0.0.0 lets a Prometheus in a container scrape it;
+the endpoint has no authentication, so expose it only where that is fine). The values live in the
+process, so counters start at zero with every run; Prometheus' rate() and increase() handle that.
+Names follow Prometheus' conventions: counters end in `_total`, units are in the name (`_seconds`,
+`_messages`), a fraction is a `_ratio`, and no rate is precomputed (use rate() on the counters).
+ops/ holds a Grafana dashboard and alert rules built on these names; README.md documents each one.
 
-Names (all prefixed `orders_dlq_`; counters end in `_total` on the wire):
+Names (all prefixed `orders_dlq_`):
 
 consumer_aggregation.py
   orders_dlq_orders_processed_total                   orders aggregated (counted once per consume batch)
   orders_dlq_dead_letters_total{stage,reason}         dead letters created (stage deserialize, validate,
                                                       process); also producer.py (stage produce)
-  orders_dlq_consumer_lag{topic,partition}            high watermark (last stable offset: the consumer
+  orders_dlq_consumer_lag_messages{topic,partition}   high watermark (last stable offset: the consumer
                                                       reads read_committed) minus the committed offset,
                                                       per owned partition, updated at most once a second
-  orders_dlq_spool_size                               rows in the local spool (also producer.py)
+  orders_dlq_spool_messages                           dead letters waiting in the local spool (also producer.py)
 
 producer.py
   orders_dlq_orders_produced_total                    orders handed to the Kafka client (first attempts)
   orders_dlq_orders_sent_total                        orders the broker acknowledged
   orders_dlq_dead_letters_total{stage="produce",reason}
-  orders_dlq_spool_size
+  orders_dlq_spool_messages
 
 dlq_consumer.py (the monitor; the values are those of its selection: --stage, --reason, ...)
-  orders_dlq_monitor_dead_letters_seen_total{stage,reason}   dead letters read from the DLQ
-  orders_dlq_monitor_dead_letter_rate_per_minute      dead letters that failed within the last
-                                                      --rate-window seconds, per minute
+  orders_dlq_monitor_dead_letters{stage,reason}       dead letters in the DLQ now (a gauge rebuilt from the
+                                                      topic at every start, so a restart never counts the
+                                                      backlog again; for the rate of new dead letters use
+                                                      rate(orders_dlq_dead_letters_total[5m]))
   orders_dlq_monitor_orders_topic_messages            messages in the orders topic (sum of high minus
                                                       low watermarks: an approximation, see monitor.py)
-  orders_dlq_monitor_dead_letter_share                dead letters / orders (absent until known)
-  orders_dlq_monitor_oldest_dead_letter_age_seconds   age of the oldest and the newest dead letter
-  orders_dlq_monitor_newest_dead_letter_age_seconds
+  orders_dlq_monitor_dead_letter_ratio                dead letters / orders (absent until known)
+  orders_dlq_monitor_oldest_dead_letter_age_seconds   age of the oldest dead letter still in the DLQ
+  orders_dlq_monitor_newest_dead_letter_age_seconds   and of the newest
 
 Label cardinality is bounded: `reason` is the reason's category (the text before ': ', as
 stats.reason_category, so "price must be positive: -3.00" is "price must be positive"), cut to
@@ -64,23 +69,30 @@ DEAD_LETTERS = Counter(PREFIX + "dead_letters", "Dead letters created, by stage 
 ORDERS_PRODUCED = Counter(PREFIX + "orders_produced", "Orders handed to the Kafka client (first attempts)",
                           registry=None)
 ORDERS_SENT = Counter(PREFIX + "orders_sent", "Orders acknowledged by the broker", registry=None)
-SPOOL_SIZE = Gauge(PREFIX + "spool_size", "Dead letters waiting in the local spool", registry=None)
-CONSUMER_LAG = Gauge(PREFIX + "consumer_lag", "High watermark minus committed offset", ["topic", "partition"],
-                     registry=None)
-MONITOR_SEEN = Counter(PREFIX + "monitor_dead_letters_seen", "Dead letters read by the monitor, by stage and "
-                       "reason category", ["stage", "reason"], registry=None)
+SPOOL_SIZE = Gauge(PREFIX + "spool_messages", "Dead letters waiting in the local spool", registry=None)
+CONSUMER_LAG = Gauge(PREFIX + "consumer_lag_messages", "High watermark minus committed offset",
+                     ["topic", "partition"], registry=None)
+# A gauge, not a counter: the monitor reads the whole DLQ at every start, and a counter would
+# count that backlog again each time (rate() would see it as new dead letters).
+MONITOR_SEEN = Gauge(PREFIX + "monitor_dead_letters", "Dead letters in the DLQ, by stage and reason category",
+                     ["stage", "reason"], registry=None)
 
 
 class MonitorGauges(Collector):
     """The monitor's gauges, from its last refresh; a value not known yet (no dead letter, no orders
     topic) is left out rather than shown as 0."""
 
-    HELP = {
-        "monitor_dead_letter_rate_per_minute": "Dead letters per minute that failed within the rate window",
-        "monitor_orders_topic_messages": "Messages in the orders topic (sum of high minus low watermarks)",
-        "monitor_dead_letter_share": "Dead letters divided by orders (an estimate from offsets)",
-        "monitor_oldest_dead_letter_age_seconds": "Seconds since the oldest dead letter failed",
-        "monitor_newest_dead_letter_age_seconds": "Seconds since the newest dead letter failed",
+    # update()'s keyword -> (exported name, help). A keyword absent here (the monitor's own
+    # per-minute rate) is not exported: Prometheus computes rates from the counters.
+    EXPORTED = {
+        "monitor_orders_topic_messages": ("monitor_orders_topic_messages",
+                                          "Messages in the orders topic (sum of high minus low watermarks)"),
+        "monitor_dead_letter_share": ("monitor_dead_letter_ratio",
+                                      "Dead letters divided by orders (an estimate from offsets)"),
+        "monitor_oldest_dead_letter_age_seconds": ("monitor_oldest_dead_letter_age_seconds",
+                                                   "Seconds since the oldest dead letter still in the DLQ failed"),
+        "monitor_newest_dead_letter_age_seconds": ("monitor_newest_dead_letter_age_seconds",
+                                                   "Seconds since the newest dead letter failed"),
     }
 
     def __init__(self):
@@ -91,9 +103,9 @@ class MonitorGauges(Collector):
 
     def collect(self):
         values = self.values
-        for name, text in self.HELP.items():
-            if name in values:
-                yield GaugeMetricFamily(PREFIX + name, text, value=values[name])
+        for keyword, (name, text) in self.EXPORTED.items():
+            if keyword in values:
+                yield GaugeMetricFamily(PREFIX + name, text, value=values[keyword])
 
 
 MONITOR_GAUGES = MonitorGauges()
@@ -137,8 +149,11 @@ _port.__name__ = "port"
 
 def add_metrics_argument(parser) -> None:
     parser.add_argument("--metrics-port", type=_port, metavar="PORT",
-                        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (env METRICS_PORT; "
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (env METRICS_PORT; "
                              "0 = off, the default)")
+    parser.add_argument("--metrics-host", metavar="HOST",
+                        help="address the metrics endpoint binds to (env METRICS_HOST, default 127.0.0.1; "
+                             "0.0.0.0 for a Prometheus in a container)")
 
 
 def serve(args, collectors) -> int:
@@ -147,19 +162,20 @@ def serve(args, collectors) -> int:
     Returns the port, 0 when off.
     """
     port = setting(args, "metrics_port", "METRICS_PORT", 0, _port)
+    host = setting(args, "metrics_host", "METRICS_HOST", "127.0.0.1")
     if not port:
         return 0
     disable_created_metrics()  # no *_created series: one sample per counter
     for collector in collectors:
         REGISTRY.register(collector)
     try:
-        start_http_server(port, addr="127.0.0.1")
-    except OSError as exc:
-        raise UsageError(f"cannot serve metrics on 127.0.0.1:{port} (--metrics-port/METRICS_PORT): "
-                         f"{exc.strerror or exc}") from None
+        start_http_server(port, addr=host)
+    except (OSError, ValueError) as exc:  # taken port, or an address this machine does not have
+        raise UsageError(f"cannot serve metrics on {host}:{port} (--metrics-host/--metrics-port): "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
     global _serving
     _serving = True
-    log.info("metrics on http://127.0.0.1:%d/metrics", port)
+    log.info("metrics on http://%s:%d/metrics", host, port)
     return port
 
 

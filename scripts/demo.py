@@ -73,7 +73,12 @@ def main() -> int:
         if consumer.wait(timeout=300) != 0:
             raise SystemExit("demo: the aggregation consumer failed")
 
-        if broker is not None:
+        if broker is None:
+            step("3. Stop Kafka: skipped")
+            print("This demo did not start the broker it uses, so it will not stop it. To see this step (orders "
+                  "retried, kept in the local spool, delivered once Kafka is back), stop that broker or unset "
+                  "KAFKA_BOOTSTRAP_SERVERS so that nothing answers on localhost:9092, and run `make demo` again.")
+        else:
             step("3. Stop Kafka and run the producer: orders are retried, then kept as dead letters")
             broker.stop()
             started = time.monotonic()

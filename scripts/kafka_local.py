@@ -33,6 +33,13 @@ import time
 import uuid
 from pathlib import Path
 
+MINIMUM_PYTHON = (3, 11)
+if sys.version_info < MINIMUM_PYTHON:  # before anything that needs 3.11: one sentence, not a traceback
+    sys.stderr.write("orders-dlq needs Python 3.11 or newer, but this is Python " + str(sys.version_info[0])
+                     + "." + str(sys.version_info[1]) + ": install a newer Python and recreate the virtualenv "
+                     "(see README.md).\n")
+    raise SystemExit(2)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POM = REPO_ROOT / "scripts" / "pom.xml"
 KAFKA_HOME = REPO_ROOT / ".kafka"  # git-ignored cache: jars and default data dir
@@ -736,14 +743,25 @@ def _cluster_from_dir(data_dir: Path | None) -> LocalKafka:
     return LocalKafka(data_dir, int(state.get("brokers", 1)), 0)
 
 
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def _names_local_address(bootstrap: str, port: int) -> bool:
+    """True if every address in `bootstrap` is this machine's loopback at `port` (where we would start)."""
+    addresses = _split_bootstrap(bootstrap)
+    return bool(addresses) and all(host.lower() in LOOPBACK_NAMES and p == port for host, p in addresses)
+
+
 def _cmd_start(args) -> int:
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if external:
         if broker_reachable(external, 5.0):
             print(f"kafka: using KAFKA_BOOTSTRAP_SERVERS={external} (reachable; nothing started)")
             return 0
-        raise KafkaLocalError(f"KAFKA_BOOTSTRAP_SERVERS={external} is set but no broker answers "
-                              f"there within 5 s: start that broker or unset the variable.")
+        if not _names_local_address(external, args.port or DEFAULT_PORT):
+            raise KafkaLocalError(f"KAFKA_BOOTSTRAP_SERVERS={external} is set but no broker answers "
+                                  f"there within 5 s: start that broker or unset the variable.")
+        # It names the very address this command starts a broker on: start it there.
     brokers = args.brokers
     if brokers is None:  # default: the size of the cluster in the data dir, else 1
         brokers = _cluster_from_dir(args.data_dir).brokers

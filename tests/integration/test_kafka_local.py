@@ -295,3 +295,18 @@ def test_three_brokers_replication_and_node_faults(cluster_factory):
     pids = list(kafka.pids().values())
     kafka.stop()
     assert all(pid_gone(p) for p in pids)
+
+
+def test_start_when_kafka_bootstrap_servers_names_the_address_it_starts_on(jars, tmp_path):
+    """`make kafka-up` with KAFKA_BOOTSTRAP_SERVERS=localhost:<port> exported and nothing there: start it."""
+    port = str(kafka_local.free_port())
+    data = tmp_path / "same-address"
+    env = _env(KAFKA_BOOTSTRAP_SERVERS=f"localhost:{port}")
+    try:
+        start = run_cli("start", "--port", port, "--data-dir", str(data), env=env)
+        assert start.returncode == 0, start
+        assert start.stdout.startswith(f"kafka: running at 127.0.0.1:{port} (1 broker, pid "), start
+        assert kafka_local.broker_reachable(f"localhost:{port}", 10)
+    finally:
+        stop = run_cli("stop", "--data-dir", str(data), env=_env())
+    assert stop.returncode == 0, stop

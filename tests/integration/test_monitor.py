@@ -72,13 +72,13 @@ def test_consumer_serves_processed_dead_letters_and_lag_on_loopback(pipeline: Pi
             done = (value(samples, "orders_dlq_orders_processed_total") == truth["count"]
                     and value(samples, "orders_dlq_dead_letters_total", stage="deserialize") == failures["deserialize"]
                     and value(samples, "orders_dlq_dead_letters_total", stage="validate") == failures["validate"]
-                    and len([s for s in samples if s[0] == "orders_dlq_consumer_lag"]) == pipeline.partitions
+                    and len([s for s in samples if s[0] == "orders_dlq_consumer_lag_messages"]) == pipeline.partitions
                     # The lag gauge is refreshed once a second: wait for the refresh after the last commit.
-                    and value(samples, "orders_dlq_consumer_lag", topic=pipeline.topic) == 0)
+                    and value(samples, "orders_dlq_consumer_lag_messages", topic=pipeline.topic) == 0)
             return samples if done else None
 
         samples = wait_for(settled, 25, "the consumer's metrics to count every order and show no lag")
-        assert value(samples, "orders_dlq_spool_size") == 0
+        assert value(samples, "orders_dlq_spool_messages") == 0
         reasons = {dict(labels)["reason"] for name, labels in samples if name == "orders_dlq_dead_letters_total"}
         assert "not a valid Avro order record" in reasons
         assert all(": " not in reason for reason in reasons)  # categories, not the per-message text
@@ -109,12 +109,35 @@ def test_producer_serves_produced_and_sent_counts(pipeline: Pipeline):
         samples = wait_for(lambda: (lambda s: s if value(s, "orders_dlq_orders_sent_total") >= 50 else None)(
             scrape(port)), 20, "the producer's sent counter to reach 50")
         assert value(samples, "orders_dlq_orders_produced_total") >= value(samples, "orders_dlq_orders_sent_total")
-        assert value(samples, "orders_dlq_spool_size") == 0
+        assert value(samples, "orders_dlq_spool_messages") == 0
     finally:
         producer.process.send_signal(signal.SIGTERM)
         producer.wait(20)
     summary = json.loads(producer.stdout())
     assert summary["sent"] >= 50 and summary["sent"] == summary["produced"]
+
+
+def test_metrics_host_serves_on_another_interface(pipeline: Pipeline):
+    """--metrics-host lets a Prometheus that is not on loopback (a container) scrape the endpoint."""
+    address = outside_address()
+    if address == "192.0.2.1":
+        pytest.skip("this machine has no address besides loopback")
+    port = free_port()
+    producer = pipeline.scripts.spawn("producer.py", "--count", 100000, "--rate", 200, "--metrics-port", port,
+                                      "--metrics-host", address, "--json")
+
+    def scrape_outside():
+        try:
+            with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=2) as response:
+                return response.read().decode()
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+    try:
+        text = wait_for(scrape_outside, 20, f"metrics on {address}:{port}")
+        assert "orders_dlq_orders_sent_total" in text
+    finally:
+        producer.process.send_signal(signal.SIGTERM)
+        producer.wait(20)
 
 
 def test_monitor_serves_what_it_sees_and_stops_on_sigterm(pipeline: Pipeline):
@@ -125,17 +148,17 @@ def test_monitor_serves_what_it_sees_and_stops_on_sigterm(pipeline: Pipeline):
     try:
         def settled():
             samples = scrape(port)
-            done = (value(samples, "orders_dlq_monitor_dead_letters_seen_total", stage="deserialize")
+            done = (value(samples, "orders_dlq_monitor_dead_letters", stage="deserialize")
                     == truth["failures"]["deserialize"]
-                    and value(samples, "orders_dlq_monitor_dead_letters_seen_total", stage="validate")
+                    and value(samples, "orders_dlq_monitor_dead_letters", stage="validate")
                     == truth["failures"]["validate"]
                     and value(samples, "orders_dlq_monitor_orders_topic_messages") == 200)
             return samples if done else None
 
         samples = wait_for(settled, 20, "the monitor's metrics")
         dead = sum(truth["failures"].values())
-        assert value(samples, "orders_dlq_monitor_dead_letter_share") == pytest.approx(dead / 200)
-        assert value(samples, "orders_dlq_monitor_dead_letter_rate_per_minute") == dead  # all within the minute
+        assert value(samples, "orders_dlq_monitor_dead_letter_ratio") == pytest.approx(dead / 200)
+        assert not [s for s in samples if "per_minute" in s[0] or s[0].endswith("_share")], "precomputed rate"
         assert 0 <= value(samples, "orders_dlq_monitor_newest_dead_letter_age_seconds") < 60
     finally:
         monitor.process.send_signal(signal.SIGTERM)

@@ -123,27 +123,6 @@ def test_reading_the_dlq_leaves_other_groups_positions_alone(pipeline: Pipeline,
     assert not [g.group_id for g in groups if g.group_id.startswith("dlq-monitor-")]
 
 
-def test_setup_is_idempotent_and_fixes_dlq_retention(pipeline: Pipeline, admin):
-    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
-
-    def retention():
-        resource = ConfigResource(ResourceType.TOPIC, pipeline.dlq_topic)
-        return admin.describe_configs([resource])[resource].result(timeout=30)["retention.ms"].value
-
-    assert retention() == "604800000"
-    second = pipeline.setup("--json")
-    assert [r["action"] for r in json.loads(second.stdout)] == ["exists", "exists", "exists"]
-
-    resource = ConfigResource(ResourceType.TOPIC, pipeline.dlq_topic, incremental_configs=[
-        ConfigEntry("retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET)])
-    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
-    assert retention() == "3600000"
-
-    third = pipeline.setup()
-    assert f"{pipeline.dlq_topic}: fixed" in third.stdout and "retention.ms was 3600000" in third.stdout
-    assert retention() == "604800000"
-
-
 def test_producer_with_broker_down_spools_and_flush_delivers_once(private_kafka, tmp_path):
     scripts = Scripts(private_kafka.bootstrap, tmp_path)
     pipeline = Pipeline(private_kafka.bootstrap, scripts)

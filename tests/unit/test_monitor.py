@@ -260,9 +260,11 @@ def test_throttle_fires_at_most_once_per_interval():
 
 def test_monitor_gauges_leave_out_what_is_not_known():
     gauges = metrics.MonitorGauges()
-    gauges.update(monitor_dead_letter_rate_per_minute=2.0, monitor_dead_letter_share=None)
+    gauges.update(monitor_dead_letter_rate_per_minute=2.0, monitor_dead_letter_share=None,
+                  monitor_oldest_dead_letter_age_seconds=5.0)
     families = {family.name: family.samples[0].value for family in gauges.collect()}
-    assert families == {"orders_dlq_monitor_dead_letter_rate_per_minute": 2.0}
+    # The per-minute rate is never exported (Prometheus computes rates); the unknown share is left out.
+    assert families == {"orders_dlq_monitor_oldest_dead_letter_age_seconds": 5.0}
 
 
 def test_monitor_publishes_seen_counts_once(monkeypatch):

@@ -216,7 +216,8 @@ def test_no_script_needs_a_posix_only_module(tmp_path):
         for script in ("producer.py", "consumer_aggregation.py", "dlq_producer.py", "dlq_consumer.py",
                        "dlq_replay.py", "setup_dlq.py"):
             spec = importlib.util.spec_from_file_location(script[:-3], root / script)
-            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            module = sys.modules[script[:-3]] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
         from orders_dlq.spool import Spool
         spool = Spool(sys.argv[1])
         spool.add("orders.DLQ", b"k", b"v", [])
