@@ -18,6 +18,7 @@ import uuid
 from decimal import Decimal
 
 from orders_dlq import cli
+from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import DeadLetter
 from orders_dlq.dlq import DeadLetterProducer, DrainResult, SendResult  # noqa: F401 - the shared helper
 from orders_dlq.kafka import require_cluster, require_topics
@@ -88,15 +89,17 @@ def main(argv=None) -> int:
     add_spool_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = cli.parse_args(parser, argv)
-    if not (args.flush_spool or args.spool_status or args.discard or args.send_example):
-        parser.print_help()
-        return cli.EXIT_USAGE
     selection = (args.discard_topic, args.cluster, args.older_than)
     if args.discard and not args.all and selection == (None, None, None):
         raise cli.UsageError("--discard needs a selection (--for-topic, --cluster, --older-than) or --all")
     if not args.discard and (args.all or selection != (None, None, None)):
         raise cli.UsageError("--for-topic, --cluster, --older-than and --all only select rows for --discard")
+    # Settings and schema first: a bad flag, .env value or schema is reported even without an action.
     settings = cli.kafka_settings(args)
+    dead_letter_codec()
+    if not (args.flush_spool or args.spool_status or args.discard or args.send_example):
+        parser.print_help()
+        return cli.EXIT_USAGE
     spool = open_spool(args)
     if args.spool_status:
         rows = spool.summary()

@@ -113,8 +113,8 @@ USAGE_CASES = [
     # dlq_producer.py
     case("dlq_producer.py", ["--nope"], names="--nope"),
     case("dlq_producer.py", ["-X", "novalue"], names="-X"),
-    case("dlq_producer.py", ["--spool", f"{NOT_A_DIR}/spool.sqlite3"], names="spool"),
-    case("dlq_producer.py", ["-X", "no.such.property=1"], names="no.such.property"),
+    case("dlq_producer.py", ["--spool-status", "--spool", f"{NOT_A_DIR}/spool.sqlite3"], names="spool"),
+    case("dlq_producer.py", ["--send-example", "-X", "no.such.property=1"], names="no.such.property"),
     # every script: the environment shared by all of them
     *[case(script, env=["KAFKA_CLIENT_CONFIG=novalue"], names="KAFKA_CLIENT_CONFIG") for script in SCRIPTS],
     *[case(script, env=["DLQ_TOPIC={topic}"], names=("DLQ_TOPIC", "--dlq-topic"),
