@@ -133,6 +133,7 @@ class OrderAggregator:
         self.batch_size = batch_size
         self.stop = stop if stop is not None else StopFlag()
         self.latency = latency  # creation -> aggregation in ms, when asked for (--latency)
+        self.observe_latency = metrics.serving()  # the Prometheus histogram, when metrics are served
         self.codec = order_codec()
         self.states: dict[int, PartitionState] = {}
         self.committed: dict[int, PartitionState] = {}  # each partition's state at its last commit
@@ -300,6 +301,8 @@ class OrderAggregator:
                 self.run_processed += 1
                 if self.latency is not None:
                     self.latency.add((time.time_ns() // 1000 - order["created_at"]) / 1000)
+                if self.observe_latency:
+                    metrics.ORDER_LATENCY.observe((time.time_ns() // 1000 - order["created_at"]) / 1e6)
                 return None
             except Exception as exc:  # noqa: BLE001 - any processing failure is routed, never fatal
                 delay = self.retry.backoff(attempt)

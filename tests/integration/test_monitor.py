@@ -79,6 +79,9 @@ def test_consumer_serves_processed_dead_letters_and_lag_on_loopback(pipeline: Pi
 
         samples = wait_for(settled, 25, "the consumer's metrics to count every order and show no lag")
         assert value(samples, "orders_dlq_spool_messages") == 0
+        # Every aggregated order observed once in the latency histogram.
+        assert value(samples, "orders_dlq_order_latency_seconds_count") == truth["count"]
+        assert value(samples, "orders_dlq_order_latency_seconds_bucket", le="+Inf") == truth["count"]
         reasons = {dict(labels)["reason"] for name, labels in samples if name == "orders_dlq_dead_letters_total"}
         assert "not a valid Avro order record" in reasons
         assert all(": " not in reason for reason in reasons)  # categories, not the per-message text
