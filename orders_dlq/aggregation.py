@@ -405,18 +405,22 @@ class OrderAggregator:
             raise CommitFailed(self.delivery_errors[0])
 
     def _commit_transaction(self, timeout: float = 120.0) -> None:
-        """commit_transaction, called again while its error is retriable (a timeout: the commit
-        goes on in the background and the same call picks it up)."""
+        self._retried(self.producer.commit_transaction, "committing the transaction", timeout)
+
+    @staticmethod
+    def _retried(call: Callable[[float], None], what: str, timeout: float = 120.0) -> None:
+        """A transactional call, made again while its error is retriable (a timeout: the request
+        goes on in the background and the same call picks it up), until `timeout`."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.producer.commit_transaction(30)
+                call(30)
                 return
             except KafkaException as exc:
                 error = exc.args[0]
                 if not error.retriable() or time.monotonic() > deadline:
                     raise
-                log.warning("committing the transaction: %s; trying again", error.str())
+                log.warning("%s: %s; trying again", what, error.str())
 
     def _abort_transaction(self, timeout: float = 120.0) -> None:
         """Abort the open transaction (retrying what is retriable), then begin the next one."""
@@ -458,17 +462,11 @@ class OrderAggregator:
                     "commit", error.str())
         self.producer = Producer(self.producer_config)
         self.dead_letters.producer = self.producer
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                self.producer.init_transactions(30)
-                break
-            except KafkaException as exc:
-                failure = exc.args[0]
-                if failure.fatal() or not failure.retriable() or time.monotonic() > deadline:
-                    self._fail(f"cannot start a new transactional producer after Kafka ended the last one: "
-                               f"{failure.str()}")
-                log.warning("starting a new transactional producer: %s; trying again", failure.str())
+        try:
+            self._retried(self.producer.init_transactions, "starting a new transactional producer")
+        except KafkaException as exc:
+            self._fail(f"cannot start a new transactional producer after Kafka ended the last one: "
+                       f"{exc.args[0].str()}")
         self.producer.begin_transaction()
 
     def _fail(self, reason: str):
@@ -522,6 +520,9 @@ class OrderAggregator:
             # hold messages of partitions it had not reached yet.
             for partition, snapshot in self.committed.items():
                 self.consumer.seek(TopicPartition(self.topic, partition, snapshot.next_offset))
+            # What was rolled back is work to redo, not idleness: without this, a unit that took
+            # longer than --idle-timeout (a stall, an outage) would end the run before its redo.
+            self.last_activity = time.monotonic()
         self.dirty.clear()
 
     # -- rebalancing ------------------------------------------------------------------------------

@@ -222,6 +222,24 @@ class Pipeline:
         return self.scripts.json("consumer_aggregation.py", "-g", self.group, "--report")
 
 
+def produce(bootstrap: str, topic: str, messages: list[tuple], **config) -> list[int]:
+    """Write (key, value, headers) to partition 0 in order; return their offsets."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0,
+                         "message.max.bytes": 8 * 1024 * 1024, **config})
+    offsets: list[int | None] = [None] * len(messages)
+    errors = []
+    for index, (key, value, headers) in enumerate(messages):
+        def report(error, message, index=index):
+            if error is not None:
+                errors.append(error.str())
+            else:
+                offsets[index] = message.offset()
+        producer.produce(topic, value=value, key=key, headers=headers, partition=0, on_delivery=report)
+        producer.flush(30)
+    assert not errors and None not in offsets, errors
+    return offsets
+
+
 def _order_schema_with_plain_string_id() -> dict:
     # fastavro would raise while *reading* a non-UUID string under logicalType uuid; the test
     # wants to see such an order and call it invalid, as the pipeline does.

@@ -18,8 +18,7 @@ from decimal import Decimal
 
 import fastavro
 import pytest
-from confluent_kafka import Producer
-from conftest import PRODUCTS, ROOT, Pipeline
+from conftest import PRODUCTS, ROOT, Pipeline, produce
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
@@ -123,23 +122,6 @@ REGRESSIONS = [
 ] + [(b"g", GOOD, None)] * 150
 
 
-def write(bootstrap: str, topic: str, batch: list[tuple]) -> list[int]:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
-                         "message.max.bytes": 2_000_000})
-    offsets: list[int | None] = [None] * len(batch)
-    errors = []
-    for index, (key, value, headers) in enumerate(batch):
-        def report(error, message, index=index):
-            if error is not None:
-                errors.append(error.str())
-            else:
-                offsets[index] = message.offset()
-        producer.produce(topic, value=value, key=key, headers=headers, partition=0, on_delivery=report)
-        producer.poll(0)
-    assert producer.flush(60) == 0 and not errors, errors
-    return offsets
-
-
 @pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
 def test_every_fuzzed_message_ends_in_exactly_one_place(kafka_bootstrap, scripts, guarantee):
     @settings(max_examples=2, deadline=None, derandomize=True, database=None,
@@ -150,7 +132,7 @@ def test_every_fuzzed_message_ends_in_exactly_one_place(kafka_bootstrap, scripts
     def check(batch):
         pipeline = Pipeline(kafka_bootstrap, scripts, partitions=1)
         pipeline.setup()
-        offsets = write(kafka_bootstrap, pipeline.topic, batch)
+        offsets = produce(kafka_bootstrap, pipeline.topic, batch)
         expected = {offset: expected_outcome(value) for offset, (_, value, _) in zip(offsets, batch, strict=True)}
 
         result = scripts.run("consumer_aggregation.py", "-g", pipeline.group, "--guarantee", guarantee,

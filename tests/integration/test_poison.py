@@ -12,30 +12,12 @@ from decimal import Decimal
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
-from conftest import a_valid_order, encode_order, wait_for
+from conftest import a_valid_order, encode_order, produce, wait_for
 
 from orders_dlq.codec import _varint
 
 pytestmark = pytest.mark.integration
 GUARANTEES = ["exactly-once", "at-least-once"]
-
-
-def produce(bootstrap: str, topic: str, messages: list[tuple], **config) -> list[int]:
-    """Write (key, value, headers) to partition 0 in order; return their offsets."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 0,
-                         "message.max.bytes": 8 * 1024 * 1024, **config})
-    offsets: list[int | None] = [None] * len(messages)
-    errors = []
-    for index, (key, value, headers) in enumerate(messages):
-        def report(error, message, index=index):
-            if error is not None:
-                errors.append(error.str())
-            else:
-                offsets[index] = message.offset()
-        producer.produce(topic, value=value, key=key, headers=headers, partition=0, on_delivery=report)
-        producer.flush(30)
-    assert not errors and None not in offsets, errors
-    return offsets
 
 
 def huge_price_order() -> bytes:
