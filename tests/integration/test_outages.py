@@ -222,3 +222,40 @@ def test_exactly_once_consumer_rides_out_a_broker_outage_longer_than_its_transac
     truth = pipeline.truth()
     assert_summary_matches_truth(restarted, truth)
     assert_dead_lettered_exactly_once(pipeline.dead_letters(), truth)
+
+
+@pytest.mark.slow
+def test_exactly_once_consumer_under_a_200_second_outage_ends_truthfully_or_rides_it_out(private_kafka, tmp_path):
+    """Kafka gone for 200 s under an exactly-once consumer (default anonymous instance): the consumer
+    may ride it out or stop, but only with a true sentence and a clean exit; a restart is exact."""
+    scripts = Scripts(private_kafka.bootstrap, tmp_path)
+    pipeline = Pipeline(private_kafka.bootstrap, scripts)
+    pipeline.setup()
+    consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 20, "--json",
+                             "--print-interval", 0)
+    producer = scripts.spawn("producer.py", "--count", 3000, "--rate", 200, "--seed", 37,
+                             "--delivery-timeout", 400, "--json")
+    try:
+        try:
+            wait_for(lambda: sum(max(o, 0) for o in pipeline.committed().values()) > 500, 90, "progress")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{consumer.stderr()[-2000:]}\n{producer.stderr()[-2000:]}") from None
+        private_kafka.stop()
+        outage_ends = time.monotonic() + 200
+        # The outage itself: a scenario length, not a synchronisation.
+        wait_for(lambda: time.monotonic() > outage_ends, 260, "the outage to last")
+        private_kafka.start(timeout=120)
+        assert producer.wait(300) == 0, producer.stderr()[-3000:]
+        code = consumer.wait(300)
+    finally:
+        for process in (producer, consumer):
+            if process.running():
+                process.kill()
+    stderr = consumer.stderr()
+    assert code in (0, 1) and "Traceback" not in stderr and "another instance" not in stderr, stderr[-3000:]
+    if code == 1:
+        assert len([line for line in stderr.splitlines() if line.startswith("error")]) == 1, stderr[-3000:]
+    restarted = pipeline.consume(timeout=180)
+    truth = pipeline.truth()
+    assert_summary_matches_truth(restarted, truth)
+    assert_dead_lettered_exactly_once(pipeline.dead_letters(), truth)
