@@ -79,7 +79,8 @@ def main() -> int:
                   "retried, kept in the local spool, delivered once Kafka is back), stop that broker or unset "
                   "KAFKA_BOOTSTRAP_SERVERS so that nothing answers on localhost:9092, and run `make demo` again.")
         else:
-            step("3. Stop Kafka and run the producer: each order waits out its delivery budget, then is kept as a dead letter")
+            step("3. Stop Kafka and run the producer: each order waits out its delivery budget, then is "
+                 "kept as a dead letter")
             broker.stop()
             started = time.monotonic()
             run("producer.py", "--count", "5", "--delivery-timeout", "1", allowed=(1,))
