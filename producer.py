@@ -82,14 +82,6 @@ def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: in
     return produced, kinds
 
 
-def spool_failures(dead_letters: DeadLetterProducer):
-    """Orders that failed for good are committed to the spool as they fail, a batch at a time: a long
-    outage holds none of them in memory, and a kill loses none that failed before it."""
-    def hand_over(failures: list) -> None:
-        dead_letters.spool_all(failures)
-    return hand_over
-
-
 def deliver_spooled(dead_letters: DeadLetterProducer, spool: Spool, producer, origin: str,
                     failed: int) -> tuple[int, int]:
     """At the end, with Kafka back: this run's spooled dead letters go to the DLQ. Returns
@@ -121,7 +113,9 @@ def main(argv=None) -> int:
 
     dead_letters = DeadLetterProducer(settings, spool=spool, delivery_timeout=delivery_timeout, origin=client_id)
     sender = OrderSender(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}),
-                         settings.topic, codec, client_id, spool_failures(dead_letters))
+                         # Orders that failed for good are committed to the spool as they fail, a batch
+                         # at a time: a long outage holds none of them in memory, a kill loses none.
+                         settings.topic, codec, client_id, on_failures=dead_letters.spool_all)
     producer = sender.producer
     # Asking the producer itself for metadata also opens its connection before the first order
     # is created, so the first orders do not wait for it.

@@ -522,7 +522,10 @@ class OrderAggregator:
                 self.consumer.seek(TopicPartition(self.topic, partition, snapshot.next_offset))
             # What was rolled back is work to redo, not idleness: without this, a unit that took
             # longer than --idle-timeout (a stall, an outage) would end the run before its redo.
-            self.last_activity = time.monotonic()
+            # Only at the first failure of a streak: commits that keep failing still let an
+            # --idle-timeout run end (its uncommitted work is rolled back, nothing is lost).
+            if not self.commit_failures:
+                self.last_activity = time.monotonic()
         self.dirty.clear()
 
     # -- rebalancing ------------------------------------------------------------------------------

@@ -68,8 +68,6 @@ class OrderSender:
                 self._hand_on()
         self.attempts += 1
         self.producer.poll(0)
-        if len(self._failures) >= FAILURE_BATCH:
-            self._hand_on()
 
     def _on_delivery(self, error, message) -> None:
         if error is None:
@@ -77,6 +75,10 @@ class OrderSender:
         self.last_error = error
         self._failures.append(self._dead_letter(message, error))
         metrics.dead_letter_created("produce", self._failures[-1].error_reason)
+        # One poll() can serve a whole expired queue (100,000 reports): hand on as the batch fills,
+        # from here, so that no more than FAILURE_BATCH failures are ever held in memory.
+        if len(self._failures) >= FAILURE_BATCH:
+            self._hand_on()
 
     def _hand_on(self) -> None:
         if self._failures:

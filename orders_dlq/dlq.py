@@ -247,7 +247,7 @@ class DeadLetterProducer:
                         "(`python dlq_producer.py --flush-spool`)", len(dead_letters), self.spool.path, self.topic)
         return len(dead_letters)
 
-    def drain_spool(self, timeout: float = 30.0) -> DrainResult:
+    def drain_spool(self, timeout: float = 30.0, lock_wait: float = 3600.0) -> DrainResult:
         """Send this cluster's spooled dead letters in order, each exactly once, deleting what Kafka
         confirmed. A row that cannot go now (another cluster's, a missing topic, a refusal) is kept
         and counted in `held`: it never stops the drain of the others, nor the tool that drains."""
@@ -260,7 +260,7 @@ class DeadLetterProducer:
             result.remaining = self.spool.count()
             result.held["waiting for a reachable cluster"] = result.remaining
             return result
-        with self.spool.drain_lock():
+        with self.spool.drain_lock(lock_wait):
             rows = self.spool.pending(cluster_id=cluster_id, bootstrap=self.settings.bootstrap_servers)
             others = self.spool.count() - len(rows)
             if others:
@@ -341,7 +341,7 @@ def drain_if_pending(publisher: DeadLetterProducer, timeout: float = 30.0) -> Dr
         return DrainResult()
     started = time.monotonic()
     try:
-        result = publisher.drain_spool(timeout)
+        result = publisher.drain_spool(timeout, lock_wait=0)  # another process draining: leave it to it
     except SpoolBusy:
         log.info("spool: another process is draining %s; going on", publisher.spool.path)
         return DrainResult(remaining=publisher.spool.count())

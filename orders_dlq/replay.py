@@ -486,7 +486,7 @@ class Replayer:
                 return  # neither sent nor passed: the next run starts with this one
             self._open_batch()
             self._send(dead_letter, decision.target)
-            self._mark_replayed(key, position, decision.target)
+            self._mark_replayed(key, partition, offset, decision.target)
         if decision.action == REPLAY:
             self.replayed_keys.add(key)  # a second copy of this dead letter, later in this run, is not sent
             self._record(partition, offset, "would_replay" if self.options.dry_run else "replayed", selected=True)
@@ -537,27 +537,24 @@ class Replayer:
             extra["partition"] = dead_letter.original_partition
         if dead_letter.original_timestamp is not None and dead_letter.original_timestamp > 0:
             extra["timestamp"] = dead_letter.original_timestamp
+        self._produce(topic, value=dead_letter.original_value, key=dead_letter.original_key,
+                      headers=replay_headers(dead_letter), **extra)
+
+    def _mark_replayed(self, key: bytes, partition: int, offset: int, target: str) -> None:
+        """The ledger record, in the same transaction as the original it stands for: both or neither."""
+        value = json.dumps({"status": "replayed", "at": datetime.now(UTC).isoformat(), "by": self.options.group,
+                            "dlq": [self.dlq_topic, partition, offset], "target": target}).encode()
+        self._produce(self.ledger_topic, key=key, value=value)
+
+    def _produce(self, topic: str, **message) -> None:
+        """Produce into the open transaction, serving delivery reports while librdkafka's queue is full."""
         while True:
             try:
-                self.producer.produce(topic, value=dead_letter.original_value, key=dead_letter.original_key,
-                                      headers=replay_headers(dead_letter), on_delivery=self._on_delivery, **extra)
+                self.producer.produce(topic, on_delivery=self._on_delivery, **message)
                 break
             except BufferError:
                 self.producer.poll(0.1)
         self.producer.poll(0)
-
-    def _mark_replayed(self, key: bytes, position: str, target: str) -> None:
-        """The ledger record, in the same transaction as the original it stands for: both or neither."""
-        topic, rest = position.rsplit("[", 1)
-        partition, offset = rest.split("]@")
-        value = json.dumps({"status": "replayed", "at": datetime.now(UTC).isoformat(), "by": self.options.group,
-                            "dlq": [topic, int(partition), int(offset)], "target": target}).encode()
-        while True:
-            try:
-                self.producer.produce(self.ledger_topic, key=key, value=value, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self.producer.poll(0.1)
 
     def _on_delivery(self, error, message) -> None:
         if error is not None:
