@@ -21,8 +21,10 @@ demo: $(VENV)/.runtime-installed
 	$(PY) scripts/demo.py
 
 ## test: unit and integration tests; the suite starts (and stops) its own broker if needed
+# Two workers, each with a broker of its own: most of a Kafka test is waiting (elections, timeouts,
+# an outage), so two share the machine's cores well. worksteal keeps the long fault tests spread.
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist worksteal
 
 ## kafka-up / kafka-down: a local KRaft broker on 127.0.0.1:9092 (BROKERS=3 for a cluster on 9092/9094/9096)
 # A cluster of N > 1 brokers keeps its data apart (.kafka/data-N), so both sizes can be used in turn.

@@ -51,7 +51,10 @@ def kafka_bootstrap():
             pytest.exit(f"KAFKA_BOOTSTRAP_SERVERS={configured} is set but no broker answers there", returncode=1)
         yield configured
         return
-    cluster = kafka_local.LocalKafka(ROOT / ".kafka" / "test-broker", brokers=1, base_port=0)
+    # Under pytest-xdist (`make test` runs two workers) each worker has a broker of its own.
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    cluster = kafka_local.LocalKafka(ROOT / ".kafka" / f"test-broker{'-' + worker if worker else ''}", brokers=1,
+                                     base_port=0)
     cluster.start(timeout=120, fresh=True)
     try:
         yield cluster.bootstrap

@@ -87,8 +87,8 @@ def test_scale_out_three_instances_one_killed_report_is_exact(kafka_bootstrap, t
     wait_for(lambda: all("assigned" in i.stderr() for i in instances), 60, "all three instances to get partitions")
     wait_for(lambda: consumed(pipeline) > 2000, 60, "progress")
     victim = instances[1]
-    if victim.running():
-        victim.kill()
+    assert victim.running(), f"the instance to kill ended before the kill\n{victim.stderr()[-2000:]}"
+    victim.kill()
 
     for survivor in (instances[0], instances[2]):
         assert survivor.wait(180) == 0, survivor.stderr()[-2000:]

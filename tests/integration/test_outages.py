@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import kafka_local
 import pytest
@@ -100,9 +101,11 @@ def test_drain_killed_half_way_then_rerun_delivers_each_dead_letter_once(private
 
     drain = scripts.spawn("dlq_producer.py", "--flush-spool", env=env)
     wait_for(lambda: dlq_size(pipeline) > 0 or not drain.running(), 60, "the drain to deliver something")
+    assert drain.running(), f"the drain ended before it could be killed: nothing was tested\n{drain.stderr()}"
     drain.kill()
     rows, marked = spool_rows(spool)
     delivered_before_kill = dlq_size(pipeline)
+    assert rows > 0 and delivered_before_kill > 0, "the kill did not land half way through the drain"
 
     result = scripts.json("dlq_producer.py", "--flush-spool", env=env)
 
@@ -184,3 +187,77 @@ def test_a_spooled_row_that_cannot_be_drained_is_reported_and_kept_but_never_blo
     assert scripts.json("dlq_producer.py", "--discard", "--cluster", "another-cluster-id") == {
         "discarded": 1, "remaining": 0}
     assert pipeline.dead_letters() == []  # nothing went to a cluster it did not belong to
+
+
+@pytest.mark.slow
+def test_exactly_once_consumer_rides_out_a_broker_outage_longer_than_its_transaction_timeout(private_kafka, tmp_path):
+    """The broker stops for 30 s under an exactly-once consumer in the middle of its work: the open
+    transaction outlives transaction.timeout.ms (15 s) and Kafka ends it. The consumer used to stop,
+    blaming "another instance with the same --instance-id"; it must ride it out, and a restart
+    must give exact totals."""
+    scripts = Scripts(private_kafka.bootstrap, tmp_path)
+    pipeline = Pipeline(private_kafka.bootstrap, scripts)
+    pipeline.setup()
+    consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 40, "--json",
+                             "--print-interval", 0)
+    producer = scripts.spawn("producer.py", "--count", 5000, "--rate", 200, "--bad-ratio", 0.01, "--seed", 31,
+                             "--delivery-timeout", 180, "--json")
+    try:
+        wait_for(lambda: sum(max(o, 0) for o in pipeline.committed().values()) > 800, 90, "progress")
+        private_kafka.stop()
+        outage_ends = time.monotonic() + 30
+        # The outage itself: a scenario length, not a synchronisation.
+        wait_for(lambda: time.monotonic() > outage_ends or not consumer.running(), 60, "the outage to last")
+        assert consumer.running(), f"the consumer stopped during the outage\n{consumer.stderr()[-3000:]}"
+        private_kafka.start(timeout=120)
+        assert producer.wait(300) == 0, producer.stderr()[-3000:]
+        assert consumer.wait(300) == 0, consumer.stderr()[-3000:]
+    finally:
+        for process in (producer, consumer):
+            if process.running():
+                process.kill()
+    stderr = consumer.stderr()
+    # Whether Kafka ended the open transaction or it could still be aborted depends on timing;
+    # either way no misleading cause is given (the deterministic case is in test_processing_retries).
+    assert "another instance" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    restarted = pipeline.consume(timeout=180)
+    truth = pipeline.truth()
+    assert_summary_matches_truth(restarted, truth)
+    assert_dead_lettered_exactly_once(pipeline.dead_letters(), truth)
+
+
+@pytest.mark.slow
+def test_exactly_once_consumer_under_a_200_second_outage_ends_truthfully_or_rides_it_out(private_kafka, tmp_path):
+    """Kafka gone for 200 s under an exactly-once consumer (default anonymous instance): the consumer
+    may ride it out or stop, but only with a true sentence and a clean exit; a restart is exact."""
+    scripts = Scripts(private_kafka.bootstrap, tmp_path)
+    pipeline = Pipeline(private_kafka.bootstrap, scripts)
+    pipeline.setup()
+    consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 20, "--json",
+                             "--print-interval", 0)
+    producer = scripts.spawn("producer.py", "--count", 3000, "--rate", 200, "--seed", 37,
+                             "--delivery-timeout", 400, "--json")
+    try:
+        try:
+            wait_for(lambda: sum(max(o, 0) for o in pipeline.committed().values()) > 500, 90, "progress")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{consumer.stderr()[-2000:]}\n{producer.stderr()[-2000:]}") from None
+        private_kafka.stop()
+        outage_ends = time.monotonic() + 200
+        # The outage itself: a scenario length, not a synchronisation.
+        wait_for(lambda: time.monotonic() > outage_ends, 260, "the outage to last")
+        private_kafka.start(timeout=120)
+        assert producer.wait(300) == 0, producer.stderr()[-3000:]
+        code = consumer.wait(300)
+    finally:
+        for process in (producer, consumer):
+            if process.running():
+                process.kill()
+    stderr = consumer.stderr()
+    assert code in (0, 1) and "Traceback" not in stderr and "another instance" not in stderr, stderr[-3000:]
+    if code == 1:
+        assert len([line for line in stderr.splitlines() if line.startswith("error")]) == 1, stderr[-3000:]
+    restarted = pipeline.consume(timeout=180)
+    truth = pipeline.truth()
+    assert_summary_matches_truth(restarted, truth)
+    assert_dead_lettered_exactly_once(pipeline.dead_letters(), truth)
