@@ -38,6 +38,9 @@ FORMAT_AVRO = b"orders_dlq.DeadLetter/avro"
 # Header names we write ourselves; dead-lettering a replayed dead letter replaces them.
 ERROR_HEADER_PREFIXES = ("kafka_dlt-", CONNECT_PREFIX, OUR_PREFIX)
 REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"
+STAGE_HEADER = OUR_PREFIX + "error.stage"
+TIMESTAMP_HEADER = OUR_PREFIX + "error.timestamp"
+RETRY_COUNT_HEADER = OUR_PREFIX + "retry.count"
 # A dead letter too large for the DLQ is written without (part of) the original message; these
 # headers say what was left out and let anyone check a copy of the original against it.
 REDUCED_HEADER = OUR_PREFIX + "reduced"
@@ -208,7 +211,7 @@ class DeadLetter:
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The original headers (minus earlier error context) followed by this failure's context."""
-        kept = [(k, v) for k, v in self.original_headers if not k.startswith(ERROR_HEADER_PREFIXES)]
+        kept = without_error_context(self.original_headers)
         text = {
             SPRING_TOPIC: self.original_topic,
             SPRING_GROUP: self.failed_by,
@@ -218,9 +221,9 @@ class DeadLetter:
             CONNECT_PREFIX + "stage": self.error_stage,
             CONNECT_PREFIX + "exception.class.name": self.error_type,
             CONNECT_PREFIX + "exception.message": self.error_reason,
-            OUR_PREFIX + "error.stage": self.error_stage,
-            OUR_PREFIX + "error.timestamp": self.error_timestamp,
-            OUR_PREFIX + "retry.count": str(self.retry_count),
+            STAGE_HEADER: self.error_stage,
+            TIMESTAMP_HEADER: self.error_timestamp,
+            RETRY_COUNT_HEADER: str(self.retry_count),
             REPLAY_COUNT_HEADER: str(self.replay_count),
             OUR_PREFIX + "failed.by": self.failed_by,
         }
@@ -297,9 +300,9 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
         error_reason=reason,
         error_type=(_header_text(headers, SPRING_EXCEPTION_CLASS)
                     or _header_text(headers, CONNECT_PREFIX + "exception.class.name") or "unknown"),
-        error_stage=(_header_text(headers, OUR_PREFIX + "error.stage")
+        error_stage=(_header_text(headers, STAGE_HEADER)
                      or _header_text(headers, CONNECT_PREFIX + "stage") or "unknown"),
-        error_timestamp=_header_text(headers, OUR_PREFIX + "error.timestamp") or "",
+        error_timestamp=_header_text(headers, TIMESTAMP_HEADER) or "",
         original_topic=(_header_text(headers, SPRING_TOPIC)
                         or _header_text(headers, CONNECT_PREFIX + "topic")
                         or dlq_topic.removesuffix(".DLQ").removesuffix(".DLT") or "unknown"),
@@ -308,17 +311,22 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
         original_timestamp=_header_int(headers, SPRING_TIMESTAMP, "-"),
         failed_by=(_header_text(headers, SPRING_GROUP)
                    or _header_text(headers, CONNECT_PREFIX + "connector.name") or "unknown"),
-        retry_count=_header_int(headers, "-", OUR_PREFIX + "retry.count") or 0,
-        replay_count=_header_int(headers, "-", OUR_PREFIX + "replay.count") or 0,
+        retry_count=_header_int(headers, "-", RETRY_COUNT_HEADER) or 0,
+        replay_count=_header_int(headers, "-", REPLAY_COUNT_HEADER) or 0,
         original_key=key,
         original_value=value,
-        original_headers=[(k, v) for k, v in header_list if not k.startswith(ERROR_HEADER_PREFIXES)],
+        original_headers=without_error_context(header_list),
     )
 
 
 # The dataclass fields that are Avro record fields (the others travel as headers only).
 RECORD_FIELDS = tuple(f.name for f in fields(DeadLetter)
                       if f.name not in ("reduced", "original_size", "original_sha256", "headers_unreadable"))
+
+
+def without_error_context(headers) -> list:
+    """Headers minus any dead-letter context (ours, Spring's, Connect's): what the original carried."""
+    return [(k, v) for k, v in headers or () if not k.startswith(ERROR_HEADER_PREFIXES)]
 
 
 def replay_count_of(headers) -> int:

@@ -30,7 +30,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from orders_dlq.cli import KafkaSettings, Progress, StopFlag, ToolFailure, UsageError, log
 from orders_dlq.codec import DecodeError, dead_letter_codec
-from orders_dlq.dead_letter import ERROR_HEADER_PREFIXES, REPLAY_COUNT_HEADER, STAGES, DeadLetter, DeadLetterCodec
+from orders_dlq.dead_letter import (
+    REPLAY_COUNT_HEADER,
+    STAGES,
+    DeadLetter,
+    DeadLetterCodec,
+    without_error_context,
+)
 from orders_dlq.kafka import admin_client, read_to_end, reader_config, reliable_producer_config
 
 DEFAULT_MAX_REPLAYS = 3
@@ -171,8 +177,8 @@ def error_time(dead_letter: DeadLetter, message_time_ms: int | None) -> datetime
 
 def replay_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes | None]]:
     """The original headers without any error context, plus the new replay count."""
-    kept = [(k, v) for k, v in dead_letter.original_headers if not k.startswith(ERROR_HEADER_PREFIXES)]
-    return kept + [(REPLAY_COUNT_HEADER, str(dead_letter.replay_count + 1).encode())]
+    replayed = (REPLAY_COUNT_HEADER, str(dead_letter.replay_count + 1).encode())
+    return [*without_error_context(dead_letter.original_headers), replayed]
 
 
 def status_topic(dlq_topic: str) -> str:
