@@ -14,9 +14,13 @@ from dlq_producer import DeadLetterProducer, add_spool_argument, open_spool
 from orders_dlq import cli, metrics
 from orders_dlq.aggregation import EXACTLY_ONCE, GUARANTEES, OrderAggregator, read_states
 from orders_dlq.dlq import drain_if_pending
+from orders_dlq.errors import EXIT_OK, UsageError
 from orders_dlq.kafka import require_cluster, require_topics
+from orders_dlq.logs import log
 from orders_dlq.orders import CATALOGUE
 from orders_dlq.retry import add_retry_arguments, retry_policy
+from orders_dlq.runtime import StopFlag
+from orders_dlq.settings import kafka_settings, non_negative, positive, setting, state_topic_setting
 from orders_dlq.stats import Aggregate, LatencyReservoir, combine
 
 EXAMPLE = "python consumer_aggregation.py --idle-timeout 10     # stop after 10 s without orders"
@@ -35,13 +39,14 @@ def build_parser():
     parser.add_argument("--state-topic", help="aggregate changelog (env STATE_TOPIC, default <topic>.aggregates)")
     parser.add_argument("--products", help="comma-separated products to accept (env PRODUCTS, default: "
                                            + ",".join(CATALOGUE) + ")")
-    parser.add_argument("--max-messages", type=cli.positive(int), help="stop after this many messages")
-    parser.add_argument("--idle-timeout", type=cli.positive(float), metavar="SECONDS",
+    parser.add_argument("-c", "--count", "--max-messages", dest="max_messages", metavar="N", type=positive(int),
+                        help="stop after this many messages (--max-messages is the older name)")
+    parser.add_argument("--idle-timeout", type=positive(float), metavar="SECONDS",
                         help="stop after this long without a new message")
-    parser.add_argument("--commit-interval-ms", type=cli.positive(int),
+    parser.add_argument("--commit-interval-ms", type=positive(int),
                         help="how often work is committed (env COMMIT_INTERVAL_MS, default 100)")
-    parser.add_argument("--batch-size", type=cli.positive(int), help="messages per consume call (default 1000)")
-    parser.add_argument("--print-interval", type=cli.non_negative(float), default=1.0, metavar="SECONDS",
+    parser.add_argument("--batch-size", type=positive(int), help="messages per consume call (default 1000)")
+    parser.add_argument("--print-interval", type=non_negative(float), default=1.0, metavar="SECONDS",
                         help="print the running average at most this often (0 = never; default 1)")
     parser.add_argument("--latency", action="store_true",
                         help="sample each order's creation-to-aggregation time (bounded memory) and print "
@@ -86,18 +91,18 @@ def running_average_printer(interval: float):
 
 def main(argv=None) -> int:
     args = cli.parse_args(build_parser(), argv)
-    settings = cli.kafka_settings(args)
-    group = cli.setting(args, "group", "CONSUMER_GROUP", DEFAULT_GROUP)
+    settings = kafka_settings(args)
+    group = setting(args, "group", "CONSUMER_GROUP", DEFAULT_GROUP)
     if not group:
-        raise cli.UsageError("-g/--group (CONSUMER_GROUP) must not be empty")
-    state_topic = cli.state_topic_setting(args, settings)
-    guarantee = cli.setting(args, "guarantee", "GUARANTEE", EXACTLY_ONCE, _guarantee)
-    products = cli.setting(args, "products", "PRODUCTS", ",".join(CATALOGUE))
+        raise UsageError("-g/--group (CONSUMER_GROUP) must not be empty")
+    state_topic = state_topic_setting(args, settings)
+    guarantee = setting(args, "guarantee", "GUARANTEE", EXACTLY_ONCE, _guarantee)
+    products = setting(args, "products", "PRODUCTS", ",".join(CATALOGUE))
     products = [p.strip() for p in products.split(",") if p.strip()]
     if not products:
-        raise cli.UsageError("--products (PRODUCTS) names no product: every order would be dead-lettered")
-    commit_ms = cli.setting(args, "commit_interval_ms", "COMMIT_INTERVAL_MS", 100, cli.positive(int))
-    instance_id = cli.setting(args, "instance_id", "INSTANCE_ID", None)
+        raise UsageError("--products (PRODUCTS) names no product: every order would be dead-lettered")
+    commit_ms = setting(args, "commit_interval_ms", "COMMIT_INTERVAL_MS", 100, positive(int))
+    instance_id = setting(args, "instance_id", "INSTANCE_ID", None)
     policy = retry_policy(args)
     spool = open_spool(args)
     admin = require_cluster(settings)
@@ -106,18 +111,18 @@ def main(argv=None) -> int:
         require_topics(admin, [settings.topic, state_topic])
         aggregate = combine(read_states(settings, state_topic, group, settings.topic).values())
         print(json.dumps(aggregate.summary()) if args.json else summary_text(aggregate))
-        return cli.EXIT_OK
+        return EXIT_OK
 
     require_topics(admin, [settings.topic, settings.dlq_topic, state_topic])
     serving = metrics.serve(args, metrics.CONSUMER)
     drain_if_pending(DeadLetterProducer(settings, spool=spool))
     metrics.SPOOL_SIZE.set(spool.count())
-    stop = cli.StopFlag().install()
+    stop = StopFlag().install()
     aggregator = OrderAggregator(
         settings, group=group, state_topic=state_topic, guarantee=guarantee, retry=policy,
         instance_id=instance_id, products=products, commit_interval=commit_ms / 1000,
         batch_size=args.batch_size or 1000, stop=stop, latency=LatencyReservoir() if args.latency else None)
-    cli.log.info("consuming %s as group %s (%s)", settings.topic, group, guarantee)
+    log.info("consuming %s as group %s (%s)", settings.topic, group, guarantee)
     printer = running_average_printer(args.print_interval) if args.print_interval and not args.json else None
     if serving:
         printer = metrics.ConsumerMetrics(then=printer)
@@ -125,15 +130,15 @@ def main(argv=None) -> int:
     aggregate = aggregator.run(max_messages=args.max_messages, idle_timeout=args.idle_timeout, on_batch=printer)
     elapsed = time.monotonic() - started
     handled = aggregator.run_processed + aggregator.run_dead_lettered
-    cli.log.info("this run: %d orders aggregated, %d dead-lettered in %.1fs (%.0f/s)", aggregator.run_processed,
+    log.info("this run: %d orders aggregated, %d dead-lettered in %.1fs (%.0f/s)", aggregator.run_processed,
                  aggregator.run_dead_lettered, elapsed, handled / elapsed if elapsed else 0)
     summary = aggregate.summary()
     if aggregator.latency is not None:
         summary["latency_ms"] = aggregator.latency.summary()
-        cli.log.info("creation -> aggregation latency: p50 %s ms, p99 %s ms (%d orders)",
+        log.info("creation -> aggregation latency: p50 %s ms, p99 %s ms (%d orders)",
                      summary["latency_ms"]["p50"], summary["latency_ms"]["p99"], aggregator.latency.count)
     print(json.dumps(summary) if args.json else summary_text(aggregate))
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def _guarantee(raw: str) -> str:

@@ -32,7 +32,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from orders_dlq import cli, metrics
 from orders_dlq.codec import DecodeError, dead_letter_codec
 from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec
+from orders_dlq.errors import EXIT_OK, ToolFailure
 from orders_dlq.kafka import read_to_end, reader_config, require_cluster, require_topics
+from orders_dlq.logs import log
 from orders_dlq.monitor import (
     CLEAR_SCREEN,
     EXIT_ALERT,
@@ -43,6 +45,8 @@ from orders_dlq.monitor import (
     topic_count,
 )
 from orders_dlq.replay import add_selection_arguments, error_time, selection_from_args
+from orders_dlq.runtime import StopFlag
+from orders_dlq.settings import KafkaSettings, kafka_settings, positive, ratio
 
 EXAMPLE = "python dlq_consumer.py --stage validate --json"
 
@@ -52,16 +56,17 @@ def build_parser():
     parser.add_argument("--follow", action="store_true",
                         help="keep monitoring: a live view on a terminal, plain lines otherwise")
     add_selection_arguments(parser, offsets=False)
-    parser.add_argument("--limit", type=cli.positive(int), help="stop after this many matching dead letters")
+    parser.add_argument("-c", "--count", "--limit", dest="limit", metavar="N", type=positive(int),
+                        help="stop after this many matching dead letters (--limit is the older name)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true",
                         help="print only the statistics, as JSON (with --follow: one line per refresh)")
     output.add_argument("--jsonl", action="store_true", help="print each dead letter as one JSON line")
-    parser.add_argument("--refresh", type=cli.positive(float), default=5.0, metavar="SECONDS",
+    parser.add_argument("--refresh", type=positive(float), default=5.0, metavar="SECONDS",
                         help="with --follow: how often the view is redrawn (default 5)")
-    parser.add_argument("--duration", type=cli.positive(float), metavar="SECONDS",
+    parser.add_argument("--duration", type=positive(float), metavar="SECONDS",
                         help="with --follow: stop after this many seconds")
-    parser.add_argument("--alert-threshold", type=cli.ratio, metavar="RATIO",
+    parser.add_argument("--alert-threshold", type=ratio, metavar="RATIO",
                         help="exit 3 with an ALERT line on stderr when dead letters exceed this share of all "
                              "orders, e.g. 0.05 for 5%% (with --follow: checked at every refresh)")
     metrics.add_metrics_argument(parser)
@@ -104,7 +109,7 @@ def stats_text(summary: dict) -> str:
 class DlqMonitor:
     """One run of dlq_consumer.py: reads the DLQ, selects, counts and prints."""
 
-    def __init__(self, args, settings: cli.KafkaSettings, partitions: int, stop: cli.StopFlag):
+    def __init__(self, args, settings: KafkaSettings, partitions: int, stop: StopFlag):
         self.args = args
         self.settings = settings
         self.stop = stop
@@ -137,10 +142,10 @@ class DlqMonitor:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - the boundary of one foreign message
             reason = f"{type(exc).__name__}: {exc}"
-            cli.log.debug("reading %s[%d]@%d", message.topic(), message.partition(), message.offset(),
+            log.debug("reading %s[%d]@%d", message.topic(), message.partition(), message.offset(),
                           exc_info=True)
         self.unreadable += 1
-        cli.log.warning("%s[%d]@%d is not a dead letter: %s", message.topic(), message.partition(),
+        log.warning("%s[%d]@%d is not a dead letter: %s", message.topic(), message.partition(),
                         message.offset(), reason[:300])
         return False
 
@@ -175,7 +180,7 @@ class DlqMonitor:
             # Keep the last known figures: a monitor survives a broker blip.
             self.count_error = f"cannot read the offsets of {self.settings.topic}: {exc.args[0].str()}"
             if not self.count_warned:
-                cli.log.warning("%s", self.count_error)
+                log.warning("%s", self.count_error)
             self.count_warned = True
             return
         missing = f"the orders topic {self.settings.topic} does not exist"
@@ -212,16 +217,16 @@ class DlqMonitor:
                         not_at_end.discard(message.partition())
                         caught_up = not not_at_end  # the backlog is read: show it at once
                 elif error.fatal():
-                    raise cli.ToolFailure(f"reading {self.settings.dlq_topic}: {error.str()}")
+                    raise ToolFailure(f"reading {self.settings.dlq_topic}: {error.str()}")
                 else:
-                    cli.log.warning("reading %s: %s", self.settings.dlq_topic, error.str())
+                    log.warning("reading %s: %s", self.settings.dlq_topic, error.str())
             if limit_reached:
                 break
             if caught_up or time.monotonic() >= next_refresh:
                 if self.refresh():
                     return EXIT_ALERT
                 next_refresh = time.monotonic() + args.refresh
-        return EXIT_ALERT if self.refresh(final=True) else cli.EXIT_OK
+        return EXIT_ALERT if self.refresh(final=True) else EXIT_OK
 
     # -- output -----------------------------------------------------------------------------------
 
@@ -260,7 +265,7 @@ class DlqMonitor:
         if threshold is None:
             return False
         if self.monitor.orders is None:
-            raise cli.ToolFailure(f"cannot check --alert-threshold: {self.count_error or 'no orders count'} "
+            raise ToolFailure(f"cannot check --alert-threshold: {self.count_error or 'no orders count'} "
                                   "(set -t/ORDERS_TOPIC to the topic whose DLQ this is)")
         message = alert_message(self.monitor.share(), threshold)
         if message:
@@ -279,11 +284,11 @@ def main(argv=None) -> int:
         parser.error("--duration needs --follow")
     if args.since and args.until and args.since >= args.until:
         parser.error("--since must be before --until")
-    settings = cli.kafka_settings(args)
+    settings = kafka_settings(args)
     metrics.serve(args, metrics.MONITOR)
     admin = require_cluster(settings)
     partitions = require_topics(admin, [settings.dlq_topic])[settings.dlq_topic]
-    stop = cli.StopFlag().install()
+    stop = StopFlag().install()
     run = DlqMonitor(args, settings, partitions, stop)
     try:
         if args.follow:
@@ -296,9 +301,9 @@ def main(argv=None) -> int:
         run.close()
     run.report()
     if code is None:
-        code = EXIT_ALERT if run.alert() else cli.EXIT_OK
+        code = EXIT_ALERT if run.alert() else EXIT_OK
     if run.unreadable:
-        cli.log.warning("%d message(s) in %s could not be read as dead letters", run.unreadable, settings.dlq_topic)
+        log.warning("%d message(s) in %s could not be read as dead letters", run.unreadable, settings.dlq_topic)
     return code
 
 

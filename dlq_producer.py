@@ -21,8 +21,10 @@ from orders_dlq import cli
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import DeadLetter
 from orders_dlq.dlq import DeadLetterProducer, DrainResult, SendResult  # noqa: F401 - the shared helper
+from orders_dlq.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.monitor import format_age
+from orders_dlq.settings import kafka_settings, positive, setting
 from orders_dlq.spool import DEFAULT_SPOOL_PATH, Spool
 
 EXAMPLE = "python dlq_producer.py --flush-spool   (or --spool-status, --discard --for-topic orders.DLQ)"
@@ -34,11 +36,11 @@ def add_spool_argument(parser) -> None:
 
 
 def open_spool(args) -> Spool:
-    path = cli.setting(args, "spool", "DLQ_SPOOL", DEFAULT_SPOOL_PATH)
+    path = setting(args, "spool", "DLQ_SPOOL", DEFAULT_SPOOL_PATH)
     try:
         return Spool(path)
     except Exception as exc:  # sqlite3 and OS errors alike: the path is the operator's to fix
-        raise cli.UsageError(f"cannot open the spool {path}: {exc}") from None
+        raise UsageError(f"cannot open the spool {path}: {exc}") from None
 
 
 def example_dead_letter(topic: str) -> DeadLetter:
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     discard = parser.add_argument_group("selection for --discard")
     discard.add_argument("--for-topic", dest="discard_topic", metavar="TOPIC", help="rows bound for this DLQ topic")
     discard.add_argument("--cluster", metavar="ID_OR_SERVERS", help="rows of this cluster id or bootstrap servers")
-    discard.add_argument("--older-than", type=cli.positive(float), metavar="HOURS",
+    discard.add_argument("--older-than", type=positive(float), metavar="HOURS",
                          help="rows spooled more than this many hours ago")
     discard.add_argument("--all", action="store_true", help="every row")
     add_spool_argument(parser)
@@ -91,26 +93,26 @@ def main(argv=None) -> int:
     args = cli.parse_args(parser, argv)
     selection = (args.discard_topic, args.cluster, args.older_than)
     if args.discard and not args.all and selection == (None, None, None):
-        raise cli.UsageError("--discard needs a selection (--for-topic, --cluster, --older-than) or --all")
+        raise UsageError("--discard needs a selection (--for-topic, --cluster, --older-than) or --all")
     if not args.discard and (args.all or selection != (None, None, None)):
-        raise cli.UsageError("--for-topic, --cluster, --older-than and --all only select rows for --discard")
+        raise UsageError("--for-topic, --cluster, --older-than and --all only select rows for --discard")
     # Settings and schema first: a bad flag, .env value or schema is reported even without an action.
-    settings = cli.kafka_settings(args)
+    settings = kafka_settings(args)
     dead_letter_codec()
     if not (args.flush_spool or args.spool_status or args.discard or args.send_example):
         parser.print_help()
-        return cli.EXIT_USAGE
+        return EXIT_USAGE
     spool = open_spool(args)
     if args.spool_status:
         rows = spool.summary()
         print(json.dumps(rows) if args.json else spool_status_text(spool, rows))
-        return cli.EXIT_OK
+        return EXIT_OK
     if args.discard:
         older = None if args.older_than is None else args.older_than * 3600
         deleted = spool.discard(topic=args.discard_topic, cluster=args.cluster, older_than=older)
         print(json.dumps({"discarded": deleted, "remaining": spool.count()}) if args.json
               else f"spool {spool.path}: discarded {deleted} dead letter(s) on purpose, {spool.count()} remain")
-        return cli.EXIT_OK
+        return EXIT_OK
     admin = require_cluster(settings)
     require_topics(admin, [settings.dlq_topic])
     dead_letters = DeadLetterProducer(settings, spool=spool)
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
                 if result.delivered else f"the example dead letter was kept in the spool {spool.path}")
         failed = not result.delivered
     print(json.dumps(output) if args.json else text)
-    return cli.EXIT_FAILURE if failed else cli.EXIT_OK
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ import orders_dlq.python_version  # noqa: F401  first: below Python 3.11, one se
 import json
 
 from orders_dlq import cli
+from orders_dlq.errors import EXIT_FAILURE, EXIT_OK
 from orders_dlq.kafka import require_cluster, require_topics
+from orders_dlq.logs import log
 from orders_dlq.replay import (
     DEFAULT_MAX_REPLAYS,
     Decision,
@@ -38,6 +40,8 @@ from orders_dlq.replay import (
     selection_from_args,
     validate_options,
 )
+from orders_dlq.runtime import StopFlag
+from orders_dlq.settings import kafka_settings, positive, setting
 
 EXAMPLE = 'python dlq_replay.py --reason "unknown product" --dry-run     # then again without --dry-run'
 
@@ -52,24 +56,25 @@ def build_parser():
                         help="list what would be sent, one line per selected dead letter; send and commit nothing")
     replay.add_argument("--force", action="store_true",
                         help="also send dead letters the replay ledger (<dlq>.status) says were replayed before")
-    replay.add_argument("--max-replays", type=cli.positive(int),
+    replay.add_argument("--max-replays", type=positive(int),
                         help="loop guard: a message already replayed this many times is held, not sent "
                              f"(env REPLAY_MAX_REPLAYS, default {DEFAULT_MAX_REPLAYS})")
-    replay.add_argument("--rate", type=cli.positive(float), metavar="PER-SECOND",
+    replay.add_argument("--rate", type=positive(float), metavar="PER-SECOND",
                         help="send at most this many messages per second (env REPLAY_RATE, default unlimited)")
-    replay.add_argument("--limit", type=cli.positive(int),
-                        help="stop after this many selected dead letters (a rerun continues after them)")
+    replay.add_argument("-c", "--count", "--limit", dest="limit", metavar="N", type=positive(int),
+                        help="stop after this many selected dead letters (a rerun continues after them; "
+                             "--limit is the older name)")
     replay.add_argument("-g", "--group",
                         help="consumer group holding the replay's progress (env REPLAY_GROUP, "
                              "default <dlq-topic>.replayer)")
     replay.add_argument("--from-beginning", action="store_true",
                         help="start at the beginning of the DLQ instead of the group's position (not to "
                              "resume an interrupted replay: that is what a plain rerun does)")
-    replay.add_argument("--batch-size", type=cli.positive(int),
+    replay.add_argument("--batch-size", type=positive(int),
                         help="dead letters per transaction at most (default 500)")
-    replay.add_argument("--commit-interval-ms", type=cli.positive(int),
+    replay.add_argument("--commit-interval-ms", type=positive(int),
                         help="commit a batch at least this often (default 1000)")
-    replay.add_argument("--delivery-timeout", type=cli.positive(float),
+    replay.add_argument("--delivery-timeout", type=positive(float),
                         help="seconds a replayed message may take to be acknowledged (env DELIVERY_TIMEOUT, "
                              "default 30)")
     parser.add_argument("--json", action="store_true",
@@ -79,32 +84,32 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = cli.parse_args(build_parser(), argv)
-    settings = cli.kafka_settings(args)
-    group = cli.setting(args, "group", "REPLAY_GROUP", f"{settings.dlq_topic}.replayer")
+    settings = kafka_settings(args)
+    group = setting(args, "group", "REPLAY_GROUP", f"{settings.dlq_topic}.replayer")
     options = ReplayOptions(
         selection=selection_from_args(args),
         group=group,
         to_topic=args.to_topic,
-        max_replays=cli.setting(args, "max_replays", "REPLAY_MAX_REPLAYS", DEFAULT_MAX_REPLAYS, cli.positive(int)),
-        rate=cli.setting(args, "rate", "REPLAY_RATE", None, cli.positive(float)),
+        max_replays=setting(args, "max_replays", "REPLAY_MAX_REPLAYS", DEFAULT_MAX_REPLAYS, positive(int)),
+        rate=setting(args, "rate", "REPLAY_RATE", None, positive(float)),
         limit=args.limit,
         dry_run=args.dry_run,
         force=args.force,
         from_beginning=args.from_beginning,
         batch_size=args.batch_size or 500,
         commit_interval=(args.commit_interval_ms or 1000) / 1000,
-        delivery_timeout=cli.setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 30.0, cli.positive(float)),
+        delivery_timeout=setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 30.0, positive(float)),
     )
     validate_options(options, settings.dlq_topic)
     admin = require_cluster(settings)
     require_topics(admin, [settings.dlq_topic])
-    stop = cli.StopFlag().install()
+    stop = StopFlag().install()
 
     def report(decision: Decision) -> None:
         if args.dry_run and not args.json:
             print(decision.describe(), flush=True)
         elif not args.dry_run and decision.action != "replay":
-            cli.log.warning("%s", decision.describe())
+            log.warning("%s", decision.describe())
 
     result = Replayer(settings, options, stop=stop, on_decision=report).run()
     if args.json:
@@ -112,9 +117,9 @@ def main(argv=None) -> int:
     else:
         print(result.text())
     if result.held:
-        cli.log.warning("%d dead letter(s) held by the loop guard (--max-replays %d): they stay in %s",
+        log.warning("%d dead letter(s) held by the loop guard (--max-replays %d): they stay in %s",
                         result.held, options.max_replays, settings.dlq_topic)
-    return cli.EXIT_FAILURE if stop else cli.EXIT_OK
+    return EXIT_FAILURE if stop else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ from orders_dlq import cli, metrics
 from orders_dlq.codec import order_codec
 from orders_dlq.delivery import OrderSender
 from orders_dlq.dlq import drain_if_pending
+from orders_dlq.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from orders_dlq.kafka import reachable, reliable_producer_config, require_topics
+from orders_dlq.logs import log
 from orders_dlq.orders import OrderGenerator
+from orders_dlq.runtime import Progress, StopFlag
+from orders_dlq.settings import kafka_settings, non_negative, positive, ratio, setting
 from orders_dlq.spool import Spool
 
 EXAMPLE = "python producer.py --count 1000 --rate 200 --bad-ratio 0.05"
@@ -26,17 +30,17 @@ EXAMPLE = "python producer.py --count 1000 --rate 200 --bad-ratio 0.05"
 
 def build_parser():
     parser = cli.build_parser(__doc__, EXAMPLE)
-    parser.add_argument("-c", "--count", type=cli.non_negative(int),
+    parser.add_argument("-c", "--count", type=non_negative(int),
                         help="orders to send (env ORDER_COUNT, default 10)")
-    parser.add_argument("--rate", type=cli.non_negative(float),
+    parser.add_argument("--rate", type=non_negative(float),
                         help="orders per second, 0 = as fast as possible (env ORDER_RATE, default 0)")
-    parser.add_argument("--bad-ratio", type=cli.ratio,
+    parser.add_argument("--bad-ratio", type=ratio,
                         help="share of invalid orders (negative price, unknown product, ...) the consumer "
                              "must dead-letter (env BAD_RATIO, default 0)")
-    parser.add_argument("--poison-ratio", type=cli.ratio,
+    parser.add_argument("--poison-ratio", type=ratio,
                         help="share of messages that are not Avro at all (env POISON_RATIO, default 0)")
     parser.add_argument("--seed", type=int, help="random seed for reproducible orders")
-    parser.add_argument("--delivery-timeout", type=cli.positive(float),
+    parser.add_argument("--delivery-timeout", type=positive(float),
                         help="seconds an order may take to be delivered, librdkafka's own retries included; "
                              "then it is dead-lettered, never sent twice (env DELIVERY_TIMEOUT, default 30)")
     add_spool_argument(parser)
@@ -48,7 +52,7 @@ def build_parser():
 def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: int, rate: float,
                 bad_ratio: float, poison_ratio: float, stop, counts) -> tuple[int, dict]:
     """Generate, encode and send `count` orders (some invalid or poison on purpose), paced at `rate`/s."""
-    progress = cli.Progress(count, "producing")
+    progress = Progress(count, "producing")
     kinds = {"valid": 0, "invalid": 0, "poison": 0}
     started = time.monotonic()
     produced = 0
@@ -94,22 +98,22 @@ def deliver_spooled(dead_letters: DeadLetterProducer, spool: Spool, producer, or
 
 def main(argv=None) -> int:
     args = cli.parse_args(build_parser(), argv)
-    settings = cli.kafka_settings(args)
-    count = cli.setting(args, "count", "ORDER_COUNT", 10, cli.non_negative(int))
-    rate = cli.setting(args, "rate", "ORDER_RATE", 0.0, cli.non_negative(float))
-    bad_ratio = cli.setting(args, "bad_ratio", "BAD_RATIO", 0.0, cli.ratio)
-    poison_ratio = cli.setting(args, "poison_ratio", "POISON_RATIO", 0.0, cli.ratio)
+    settings = kafka_settings(args)
+    count = setting(args, "count", "ORDER_COUNT", 10, non_negative(int))
+    rate = setting(args, "rate", "ORDER_RATE", 0.0, non_negative(float))
+    bad_ratio = setting(args, "bad_ratio", "BAD_RATIO", 0.0, ratio)
+    poison_ratio = setting(args, "poison_ratio", "POISON_RATIO", 0.0, ratio)
     if bad_ratio + poison_ratio > 1:
-        raise cli.UsageError(f"--bad-ratio/BAD_RATIO ({bad_ratio:g}) and --poison-ratio/POISON_RATIO "
+        raise UsageError(f"--bad-ratio/BAD_RATIO ({bad_ratio:g}) and --poison-ratio/POISON_RATIO "
                              f"({poison_ratio:g}) together must not exceed 1")
     # One budget: long enough for a leader election (several seconds) to pass unnoticed.
-    delivery_timeout = cli.setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 30.0, cli.positive(float))
+    delivery_timeout = setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 30.0, positive(float))
     codec = order_codec()
     spool = open_spool(args)
     serving = metrics.serve(args, metrics.PRODUCER)
     counts = metrics.ProducerMetrics() if serving else None
     client_id = f"producer.py@{socket.gethostname()}:{os.getpid()}"
-    stop = cli.StopFlag().install()
+    stop = StopFlag().install()
 
     dead_letters = DeadLetterProducer(settings, spool=spool, delivery_timeout=delivery_timeout, origin=client_id)
     sender = OrderSender(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}),
@@ -124,7 +128,7 @@ def main(argv=None) -> int:
         dead_letters.cluster_id = producer.list_topics(timeout=5).cluster_id
         drain_if_pending(dead_letters)
     else:
-        cli.log.warning("Kafka at %s does not answer: each order waits up to %gs to be delivered, "
+        log.warning("Kafka at %s does not answer: each order waits up to %gs to be delivered, "
                         "then it is kept in the local spool %s", settings.bootstrap_servers, delivery_timeout,
                         spool.path)
     metrics.SPOOL_SIZE.set(spool.count())
@@ -155,7 +159,7 @@ def main(argv=None) -> int:
             print(f"{sender.failed} order(s) could not be delivered: {delivered} dead-lettered to "
                   f"{settings.dlq_topic}, {spooled} kept in the local spool {spool.path} "
                   "(sent to the DLQ when Kafka is back)")
-    return cli.EXIT_FAILURE if sender.failed or stop else cli.EXIT_OK
+    return EXIT_FAILURE if sender.failed or stop else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic, ResourceType
 
 from orders_dlq import cli
+from orders_dlq.errors import EXIT_OK, ToolFailure, UsageError
 from orders_dlq.kafka import DEAD_LETTER_MAX_BYTES, require_cluster
 from orders_dlq.replay import status_topic
+from orders_dlq.settings import kafka_settings, positive, setting, state_topic_setting
 
 DAY_MS = 24 * 3600 * 1000
 TIMEOUT = 30.0
@@ -102,7 +104,7 @@ def plan(admin, wanted: list[Wanted], replication: int, apply: bool) -> list[dic
     """Each topic as it is and how it differs from what is wanted (nothing changed yet)."""
     metadata = admin.list_topics(timeout=TIMEOUT)
     if replication > len(metadata.brokers):
-        raise cli.UsageError(f"--replication-factor {replication} needs at least {replication} brokers; "
+        raise UsageError(f"--replication-factor {replication} needs at least {replication} brokers; "
                              f"the cluster has {len(metadata.brokers)}")
     orders, state = wanted[0], wanted[2]
     if orders.topic in metadata.topics:  # co-partitioned with what the orders topic has (or will have)
@@ -151,7 +153,7 @@ def carry_out(admin, entries: list[dict], replication: int, apply: bool, force: 
                 futures[entry["topic"]].result(timeout=TIMEOUT)
                 entry["action"] = "created"
             except KafkaException as exc:
-                raise cli.ToolFailure(f"could not create topic {entry['topic']}: {exc.args[0].str()}") from None
+                raise ToolFailure(f"could not create topic {entry['topic']}: {exc.args[0].str()}") from None
             continue
         if not entry["exists"]:
             continue
@@ -173,7 +175,7 @@ def carry_out(admin, entries: list[dict], replication: int, apply: bool, force: 
             try:
                 admin.incremental_alter_configs([resource])[resource].result(timeout=TIMEOUT)
             except KafkaException as exc:
-                raise cli.ToolFailure(f"could not change {entry['topic']}: {exc.args[0].str()}") from None
+                raise ToolFailure(f"could not change {entry['topic']}: {exc.args[0].str()}") from None
             for difference in configs.values():
                 difference.status = "applied"
         if grow is not None:
@@ -181,7 +183,7 @@ def carry_out(admin, entries: list[dict], replication: int, apply: bool, force: 
                 admin.create_partitions([NewPartitions(entry["topic"], grow.wanted)],
                                         operation_timeout=TIMEOUT)[entry["topic"]].result(timeout=TIMEOUT)
             except KafkaException as exc:
-                raise cli.ToolFailure(f"could not add partitions to {entry['topic']}: {exc.args[0].str()}") from None
+                raise ToolFailure(f"could not add partitions to {entry['topic']}: {exc.args[0].str()}") from None
             grow.status = "applied"
             entry["partitions"] = grow.wanted
         statuses = {d.status for d in entry["differences"]}
@@ -219,14 +221,14 @@ def describe(entry: dict) -> list[str]:
 def main(argv=None) -> int:
     parser = cli.build_parser(__doc__, "python setup_dlq.py            # the plan; creates missing topics\n"
                               "  python setup_dlq.py --apply    # also change what differs (never weaker)")
-    parser.add_argument("--partitions", type=cli.positive(int),
+    parser.add_argument("--partitions", type=positive(int),
                         help="partitions of the orders topic and its changelog (env ORDERS_PARTITIONS, default 3)")
-    parser.add_argument("--dlq-partitions", type=cli.positive(int),
+    parser.add_argument("--dlq-partitions", type=positive(int),
                         help="partitions of the DLQ (default: same as --partitions)")
-    parser.add_argument("--replication-factor", type=cli.positive(int),
+    parser.add_argument("--replication-factor", type=positive(int),
                         help="replicas per partition of new topics (env REPLICATION_FACTOR, default: 3, "
                              "or the number of brokers if fewer)")
-    parser.add_argument("--retention-days", type=cli.positive(float),
+    parser.add_argument("--retention-days", type=positive(float),
                         help="how long dead letters are kept (env DLQ_RETENTION_DAYS, default 7)")
     parser.add_argument("--state-topic", help="aggregate changelog (env STATE_TOPIC, default <topic>.aggregates)")
     parser.add_argument("--apply", action="store_true",
@@ -236,13 +238,13 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print the plan and its outcome as JSON")
     args = cli.parse_args(parser, argv)
     if args.force and not args.apply:
-        raise cli.UsageError("--force only makes sense with --apply")
-    settings = cli.kafka_settings(args)
-    partitions = cli.setting(args, "partitions", "ORDERS_PARTITIONS", 3, cli.positive(int))
+        raise UsageError("--force only makes sense with --apply")
+    settings = kafka_settings(args)
+    partitions = setting(args, "partitions", "ORDERS_PARTITIONS", 3, positive(int))
     dlq_partitions = args.dlq_partitions or partitions
-    replication = cli.setting(args, "replication_factor", "REPLICATION_FACTOR", None, cli.positive(int))
-    retention = cli.setting(args, "retention_days", "DLQ_RETENTION_DAYS", 7.0, cli.positive(float))
-    state_topic = cli.state_topic_setting(args, settings)
+    replication = setting(args, "replication_factor", "REPLICATION_FACTOR", None, positive(int))
+    retention = setting(args, "retention_days", "DLQ_RETENTION_DAYS", 7.0, positive(float))
+    state_topic = state_topic_setting(args, settings)
 
     admin = require_cluster(settings)
     if replication is None:
@@ -264,7 +266,7 @@ def main(argv=None) -> int:
     if statuses.count("held"):
         print(f"{statuses.count('held')} setting(s) were not changed because that would lower durability or "
               "shorten retention: add --force to --apply if you really mean it.", file=sys.stderr)
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ import kafka_local  # noqa: E402
 import limits  # noqa: E402  (bench/limits.py)
 from confluent_kafka import Consumer, KafkaError, TopicPartition  # noqa: E402
 
+from orders_dlq.settings import KafkaSettings  # noqa: E402
+
 PY = sys.executable
 RUN_LINE = re.compile(r"this run: (\d+) orders aggregated, (\d+) dead-lettered in ([\d.]+)s")
 
@@ -581,7 +583,6 @@ def table(report: dict) -> str:
 
 def check_durability() -> None:
     """The limit loops must use exactly the project's producer durability settings."""
-    from orders_dlq.cli import KafkaSettings
     from orders_dlq.kafka import reliable_producer_config
 
     # producer.py's default --delivery-timeout (30 s): the raw loop must run with the same budget.

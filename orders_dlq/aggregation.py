@@ -28,10 +28,10 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 
 from orders_dlq import metrics
-from orders_dlq.cli import KafkaSettings, StopFlag, ToolFailure, log
 from orders_dlq.codec import DecodeError, order_codec
 from orders_dlq.dead_letter import DeadLetter, replay_count_of
 from orders_dlq.dlq import DeadLetterProducer
+from orders_dlq.errors import ToolFailure
 from orders_dlq.kafka import (
     admin_client,
     common_client_config,
@@ -40,8 +40,11 @@ from orders_dlq.kafka import (
     reliable_producer_config,
     settle,
 )
+from orders_dlq.logs import log
 from orders_dlq.orders import CATALOGUE, InvalidOrder, validate
 from orders_dlq.retry import RetryPolicy, is_retryable
+from orders_dlq.runtime import StopFlag
+from orders_dlq.settings import KafkaSettings
 from orders_dlq.stats import Aggregate, LatencyReservoir, PartitionState, combine
 
 EXACTLY_ONCE = "exactly-once"

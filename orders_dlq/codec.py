@@ -12,7 +12,7 @@ from pathlib import Path
 import fastavro
 from fastavro.schema import SchemaParseException
 
-from orders_dlq.cli import UsageError
+from orders_dlq.errors import UsageError
 
 DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 ORDER_SCHEMA_FILE = "order.avsc"

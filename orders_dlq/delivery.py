@@ -16,9 +16,9 @@ from collections.abc import Callable
 from confluent_kafka import KafkaError, Producer
 
 from orders_dlq import metrics
-from orders_dlq.cli import log
 from orders_dlq.codec import AvroCodec, DecodeError
 from orders_dlq.dead_letter import DeadLetter
+from orders_dlq.logs import log
 
 UNREACHABLE_ERRORS = {KafkaError._MSG_TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT,
                       KafkaError._TIMED_OUT}

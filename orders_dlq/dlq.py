@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
-from orders_dlq.cli import KafkaSettings, ToolFailure, log
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec, fit_text
+from orders_dlq.errors import ToolFailure
 from orders_dlq.kafka import (
     DEAD_LETTER_MAX_BYTES,
     admin_client,
@@ -20,6 +20,8 @@ from orders_dlq.kafka import (
     reliable_producer_config,
     settle,
 )
+from orders_dlq.logs import log
+from orders_dlq.settings import KafkaSettings
 from orders_dlq.spool import SPOOL_ID_HEADER, Spool, SpoolBusy
 
 # Errors that say "this message can never be written to this topic as it is": retrying the same

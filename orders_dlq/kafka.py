@@ -7,7 +7,9 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from orders_dlq.cli import KafkaSettings, ToolFailure, librdkafka_logger, log
+from orders_dlq.errors import ToolFailure
+from orders_dlq.logs import librdkafka_logger, log
+from orders_dlq.settings import KafkaSettings
 
 _last_error_logged: dict[str, float] = {}
 _last_error: list[KafkaError | None] = [None]  # the latest cluster-level error, to explain a failure

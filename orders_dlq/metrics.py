@@ -54,7 +54,9 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_creat
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from orders_dlq.cli import UsageError, log, setting
+from orders_dlq.errors import UsageError
+from orders_dlq.logs import log
+from orders_dlq.settings import setting
 from orders_dlq.stats import reason_category
 
 PREFIX = "orders_dlq_"

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from orders_dlq.cli import KafkaSettings, Progress, StopFlag, ToolFailure, UsageError, log
 from orders_dlq.codec import DecodeError, dead_letter_codec
 from orders_dlq.dead_letter import (
     REPLAY_COUNT_HEADER,
@@ -37,7 +36,11 @@ from orders_dlq.dead_letter import (
     DeadLetterCodec,
     without_error_context,
 )
+from orders_dlq.errors import ToolFailure, UsageError
 from orders_dlq.kafka import admin_client, read_to_end, reader_config, reliable_producer_config
+from orders_dlq.logs import log
+from orders_dlq.runtime import Progress, StopFlag
+from orders_dlq.settings import KafkaSettings
 
 DEFAULT_MAX_REPLAYS = 3
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError
 
-from orders_dlq.cli import non_negative, positive, setting
 from orders_dlq.codec import DecodeError
 from orders_dlq.orders import InvalidOrder
+from orders_dlq.settings import non_negative, positive, setting
 
 # Delivery errors that say "the cluster could not be reached in time", worth another attempt.
 RETRYABLE_DELIVERY_ERRORS = {

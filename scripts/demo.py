@@ -33,7 +33,7 @@ def command(*args: str) -> list[str]:
 def run(*args: str, allowed=(0,)) -> int:
     code = subprocess.run(command(*args), cwd=ROOT, stdin=subprocess.DEVNULL).returncode
     if code not in allowed:
-        raise SystemExit(f"demo: `{args[0]}` failed with exit code {code}")
+        raise SystemExit(f"error: `{args[0]}` failed with exit code {code}")
     return code
 
 
@@ -41,7 +41,7 @@ def find_or_start_broker() -> tuple[str, kafka_local.LocalKafka | None]:
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
         if not kafka_local.broker_reachable(configured, 10):
-            raise SystemExit(f"demo: KAFKA_BOOTSTRAP_SERVERS={configured} is set but no broker answers there")
+            raise SystemExit(f"error: KAFKA_BOOTSTRAP_SERVERS={configured} is set but no broker answers there")
         print(f"using the broker at {configured} (KAFKA_BOOTSTRAP_SERVERS)")
         return configured, None
     if kafka_local.broker_reachable(DEFAULT_BOOTSTRAP, 3):
@@ -58,7 +58,7 @@ def main() -> int:
     try:
         bootstrap, broker = find_or_start_broker()
     except kafka_local.KafkaLocalError as exc:
-        raise SystemExit(f"demo: {exc}") from None
+        raise SystemExit(f"error: {exc}") from None
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
     spool = ROOT / ".kafka" / "demo-spool.sqlite3"
     os.environ["DLQ_SPOOL"] = str(spool)
@@ -71,7 +71,7 @@ def main() -> int:
                                     cwd=ROOT, stdin=subprocess.DEVNULL)
         run("producer.py", "--count", "1000", "--rate", "500", "--bad-ratio", "0.01", "--poison-ratio", "0.002")
         if consumer.wait(timeout=300) != 0:
-            raise SystemExit("demo: the aggregation consumer failed")
+            raise SystemExit("error: the aggregation consumer failed")
 
         if broker is None:
             step("3. Stop Kafka: skipped")

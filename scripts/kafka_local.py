@@ -826,14 +826,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except KafkaLocalError as err:
-        print(f"kafka_local: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # e.g. an unwritable --data-dir
         where = f": {err.filename}" if err.filename else ""
-        print(f"kafka_local: {err.strerror or err}{where}.", file=sys.stderr)
+        print(f"error: {err.strerror or err}{where}.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("kafka_local: interrupted.", file=sys.stderr)
+        print("error: interrupted.", file=sys.stderr)
         return 130
 
 

@@ -16,9 +16,9 @@ from confluent_kafka import Producer
 from conftest import Pipeline, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from orders_dlq.cli import KafkaSettings
 from orders_dlq.dead_letter import DeadLetter
 from orders_dlq.dlq import DeadLetterProducer
+from orders_dlq.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
 

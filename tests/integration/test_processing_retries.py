@@ -13,8 +13,8 @@ import pytest
 from conftest import Pipeline, assert_dead_lettered_exactly_once, assert_summary_matches_truth
 
 from orders_dlq.aggregation import OrderAggregator
-from orders_dlq.cli import KafkaSettings
 from orders_dlq.retry import RetryPolicy
+from orders_dlq.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
 

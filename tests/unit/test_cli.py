@@ -9,10 +9,10 @@ import math
 import pytest
 
 from orders_dlq import cli
-from orders_dlq.cli import (
+from orders_dlq.cli import build_parser
+from orders_dlq.errors import EXIT_USAGE, ToolFailure, UsageError
+from orders_dlq.settings import (
     KafkaSettings,
-    UsageError,
-    build_parser,
     kafka_settings,
     non_negative,
     parse_client_overrides,
@@ -255,12 +255,12 @@ def test_argparse_error_is_one_line_with_exit_2(capsys):
     parser = build_parser("test", "example")
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["--nope"])
-    assert info.value.code == cli.EXIT_USAGE
+    assert info.value.code == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith("(see --help)\n")
 
 
-@pytest.mark.parametrize("exc, code", [(UsageError("bad flag"), 2), (cli.ToolFailure("no broker"), 1),
+@pytest.mark.parametrize("exc, code", [(UsageError("bad flag"), 2), (ToolFailure("no broker"), 1),
                                        (KeyboardInterrupt(), 130)])
 def test_run_maps_exceptions_to_exit_codes(capsys, exc, code):
     def main(argv):

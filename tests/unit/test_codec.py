@@ -12,9 +12,9 @@ import fastavro
 import pytest
 
 from orders_dlq import codec as codec_module
-from orders_dlq.cli import UsageError
 from orders_dlq.codec import DecodeError, dead_letter_codec, load_schema, money, order_codec
 from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec
+from orders_dlq.errors import UsageError
 from orders_dlq.orders import InvalidOrder, validate
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

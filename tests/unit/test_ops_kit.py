@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge, Histogram
 
 from orders_dlq import metrics
+from orders_dlq.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 NAME = re.compile(r"\borders_dlq_[a-z0-9_]+")
@@ -81,7 +82,6 @@ def test_metrics_host_that_cannot_be_bound_is_a_usage_error(monkeypatch):
 
     import pytest
 
-    from orders_dlq.cli import UsageError
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

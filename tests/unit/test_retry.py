@@ -8,8 +8,8 @@ import random
 import pytest
 from confluent_kafka import KafkaError
 
-from orders_dlq.cli import UsageError
 from orders_dlq.codec import DecodeError
+from orders_dlq.errors import UsageError
 from orders_dlq.orders import InvalidOrder
 from orders_dlq.retry import RetryPolicy, add_retry_arguments, is_retryable, retry_policy
 
