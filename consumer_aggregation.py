@@ -131,12 +131,12 @@ def main(argv=None) -> int:
     elapsed = time.monotonic() - started
     handled = aggregator.run_processed + aggregator.run_dead_lettered
     log.info("this run: %d orders aggregated, %d dead-lettered in %.1fs (%.0f/s)", aggregator.run_processed,
-                 aggregator.run_dead_lettered, elapsed, handled / elapsed if elapsed else 0)
+             aggregator.run_dead_lettered, elapsed, handled / elapsed if elapsed else 0)
     summary = aggregate.summary()
     if aggregator.latency is not None:
         summary["latency_ms"] = aggregator.latency.summary()
         log.info("creation -> aggregation latency: p50 %s ms, p99 %s ms (%d orders)",
-                     summary["latency_ms"]["p50"], summary["latency_ms"]["p99"], aggregator.latency.count)
+                 summary["latency_ms"]["p50"], summary["latency_ms"]["p99"], aggregator.latency.count)
     print(json.dumps(summary) if args.json else summary_text(aggregate))
     return EXIT_OK
 

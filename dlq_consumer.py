@@ -143,10 +143,10 @@ class DlqMonitor:
         except Exception as exc:  # noqa: BLE001 - the boundary of one foreign message
             reason = f"{type(exc).__name__}: {exc}"
             log.debug("reading %s[%d]@%d", message.topic(), message.partition(), message.offset(),
-                          exc_info=True)
+                      exc_info=True)
         self.unreadable += 1
         log.warning("%s[%d]@%d is not a dead letter: %s", message.topic(), message.partition(),
-                        message.offset(), reason[:300])
+                    message.offset(), reason[:300])
         return False
 
     def _handle(self, message) -> bool:
@@ -266,7 +266,7 @@ class DlqMonitor:
             return False
         if self.monitor.orders is None:
             raise ToolFailure(f"cannot check --alert-threshold: {self.count_error or 'no orders count'} "
-                                  "(set -t/ORDERS_TOPIC to the topic whose DLQ this is)")
+                              "(set -t/ORDERS_TOPIC to the topic whose DLQ this is)")
         message = alert_message(self.monitor.share(), threshold)
         if message:
             print(message, file=sys.stderr, flush=True)

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
         print(result.text())
     if result.held:
         log.warning("%d dead letter(s) held by the loop guard (--max-replays %d): they stay in %s",
-                        result.held, options.max_replays, settings.dlq_topic)
+                    result.held, options.max_replays, settings.dlq_topic)
     return EXIT_FAILURE if stop else EXIT_OK
 
 

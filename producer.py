@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     poison_ratio = setting(args, "poison_ratio", "POISON_RATIO", 0.0, ratio)
     if bad_ratio + poison_ratio > 1:
         raise UsageError(f"--bad-ratio/BAD_RATIO ({bad_ratio:g}) and --poison-ratio/POISON_RATIO "
-                             f"({poison_ratio:g}) together must not exceed 1")
+                         f"({poison_ratio:g}) together must not exceed 1")
     # One budget: long enough for a leader election (several seconds) to pass unnoticed.
     delivery_timeout = setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 30.0, positive(float))
     codec = order_codec()
@@ -129,8 +129,8 @@ def main(argv=None) -> int:
         drain_if_pending(dead_letters)
     else:
         log.warning("Kafka at %s does not answer: each order waits up to %gs to be delivered, "
-                        "then it is kept in the local spool %s", settings.bootstrap_servers, delivery_timeout,
-                        spool.path)
+                    "then it is kept in the local spool %s", settings.bootstrap_servers, delivery_timeout,
+                    spool.path)
     metrics.SPOOL_SIZE.set(spool.count())
     started = time.monotonic()
     produced, kinds = send_orders(sender, OrderGenerator(args.seed), codec, count, rate, bad_ratio, poison_ratio,

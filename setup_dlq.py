@@ -105,7 +105,7 @@ def plan(admin, wanted: list[Wanted], replication: int, apply: bool) -> list[dic
     metadata = admin.list_topics(timeout=TIMEOUT)
     if replication > len(metadata.brokers):
         raise UsageError(f"--replication-factor {replication} needs at least {replication} brokers; "
-                             f"the cluster has {len(metadata.brokers)}")
+                         f"the cluster has {len(metadata.brokers)}")
     orders, state = wanted[0], wanted[2]
     if orders.topic in metadata.topics:  # co-partitioned with what the orders topic has (or will have)
         existing = len(metadata.topics[orders.topic].partitions)
