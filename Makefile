@@ -7,9 +7,10 @@ BROKERS ?= 1
 .PHONY: demo test kafka-up kafka-down kafka-status bench bench-smoke lint clean
 
 # The virtualenv is rebuilt when a requirements file changes.
-$(VENV)/.runtime-installed: requirements.txt
+$(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
@@ -31,15 +32,15 @@ test: $(VENV)/.dev-installed
 KAFKA_DATA = .kafka/data$(if $(filter-out 1,$(BROKERS)),-$(BROKERS))
 
 kafka-up: $(VENV)/.runtime-installed
-	$(PY) scripts/kafka_local.py start --brokers $(BROKERS) --data-dir $(KAFKA_DATA)
+	$(PY) -m orders_dlq.local_kafka start --brokers $(BROKERS) --data-dir $(KAFKA_DATA)
 
 kafka-down: $(VENV)/.runtime-installed
 	@for dir in .kafka/data .kafka/data-*; do \
-		if [ -d "$$dir" ]; then $(PY) scripts/kafka_local.py stop --data-dir "$$dir" || exit 1; fi; \
+		if [ -d "$$dir" ]; then $(PY) -m orders_dlq.local_kafka stop --data-dir "$$dir" || exit 1; fi; \
 	done
 
 kafka-status: $(VENV)/.runtime-installed
-	$(PY) scripts/kafka_local.py status --data-dir $(KAFKA_DATA)
+	$(PY) -m orders_dlq.local_kafka status --data-dir $(KAFKA_DATA)
 
 ## bench: throughput, latency and memory beside the raw client (see bench/README.md)
 bench: $(VENV)/.runtime-installed

@@ -10,10 +10,9 @@ import orders_dlq.python_version  # noqa: F401  first: below Python 3.11, one se
 import json
 import time
 
-from dlq_producer import DeadLetterProducer, add_spool_argument, open_spool
+from dlq_producer import add_spool_argument, drain_spool_if_pending, open_dead_letter_producer
 from orders_dlq import cli, metrics
 from orders_dlq.aggregation import EXACTLY_ONCE, GUARANTEES, OrderAggregator, read_states
-from orders_dlq.dlq import drain_if_pending
 from orders_dlq.errors import EXIT_OK, UsageError
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.logs import log
@@ -104,7 +103,7 @@ def main(argv=None) -> int:
     commit_ms = setting(args, "commit_interval_ms", "COMMIT_INTERVAL_MS", 100, positive(int))
     instance_id = setting(args, "instance_id", "INSTANCE_ID", None)
     policy = retry_policy(args)
-    spool = open_spool(args)
+    dead_letters = open_dead_letter_producer(args, settings)
     admin = require_cluster(settings)
 
     if args.report:
@@ -115,8 +114,8 @@ def main(argv=None) -> int:
 
     require_topics(admin, [settings.topic, settings.dlq_topic, state_topic])
     serving = metrics.serve(args, metrics.CONSUMER)
-    drain_if_pending(DeadLetterProducer(settings, spool=spool))
-    metrics.SPOOL_SIZE.set(spool.count())
+    drain_spool_if_pending(dead_letters)
+    dead_letters.close()  # the aggregator writes its dead letters through its own (transactional) producer
     stop = StopFlag().install()
     aggregator = OrderAggregator(
         settings, group=group, state_topic=state_topic, guarantee=guarantee, retry=policy,

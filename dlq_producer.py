@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """The shared DLQ helper: drain, list or prune the local spool, or send the guide's example dead letter.
 
-producer.py and consumer_aggregation.py import DeadLetterProducer from here; run as a script it
-drains the spool (--flush-spool), lists it (--spool-status), removes rows on purpose (--discard),
-or sends one dead letter like the guide's example (--send-example). Without a flag it prints help.
+As a module it is the helper the guide's design names: producer.py and consumer_aggregation.py
+open their dead-letter producer and drain the spool through the small API below (__all__).
+Run as a script it drains the spool (--flush-spool), lists it (--spool-status), removes rows on
+purpose (--discard), or sends one dead letter like the guide's example (--send-example). Without
+a flag it prints help.
 """
 
 from __future__ import annotations
@@ -17,22 +19,40 @@ import time
 import uuid
 from decimal import Decimal
 
-from orders_dlq import cli
+from orders_dlq import cli, metrics
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import DeadLetter
-from orders_dlq.dlq import DeadLetterProducer, DrainResult, SendResult  # noqa: F401 - the shared helper
+from orders_dlq.dlq import DeadLetterProducer, DrainResult, drain_if_pending
 from orders_dlq.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.monitor import format_age
-from orders_dlq.settings import kafka_settings, positive, setting
+from orders_dlq.settings import KafkaSettings, kafka_settings, positive, setting
 from orders_dlq.spool import DEFAULT_SPOOL_PATH, Spool
+
+# What producer.py and consumer_aggregation.py use; nothing else in this file is an API.
+__all__ = ["add_spool_argument", "open_dead_letter_producer", "drain_spool_if_pending"]
 
 EXAMPLE = "python dlq_producer.py --flush-spool   (or --spool-status, --discard --for-topic orders.DLQ)"
 
 
 def add_spool_argument(parser) -> None:
+    """--spool: where dead letters wait while Kafka cannot take them."""
     parser.add_argument("--spool", metavar="PATH", help="local file for dead letters Kafka cannot take "
                                                         f"(env DLQ_SPOOL, default {DEFAULT_SPOOL_PATH})")
+
+
+def open_dead_letter_producer(args, settings: KafkaSettings, **options) -> DeadLetterProducer:
+    """The dead-letter producer of a script, over the spool --spool / DLQ_SPOOL names (one sentence and
+    exit 2 when that file cannot be opened). `options` go to DeadLetterProducer (delivery_timeout, origin)."""
+    return DeadLetterProducer(settings, spool=open_spool(args), **options)
+
+
+def drain_spool_if_pending(dead_letters: DeadLetterProducer) -> DrainResult:
+    """At a script's start, with the cluster reachable: what waits in the spool for this cluster goes to
+    the DLQ first (never waiting for another process's drain), and the spool gauge shows what is left."""
+    result = drain_if_pending(dead_letters)
+    metrics.SPOOL_SIZE.set(dead_letters.spool.count())
+    return result
 
 
 def open_spool(args) -> Spool:

@@ -12,11 +12,11 @@ import os
 import socket
 import time
 
-from dlq_producer import DeadLetterProducer, add_spool_argument, open_spool
+from dlq_producer import add_spool_argument, drain_spool_if_pending, open_dead_letter_producer
 from orders_dlq import cli, metrics
 from orders_dlq.codec import order_codec
 from orders_dlq.delivery import OrderSender
-from orders_dlq.dlq import drain_if_pending
+from orders_dlq.dlq import DeadLetterProducer
 from orders_dlq.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from orders_dlq.kafka import reachable, reliable_producer_config, require_topics
 from orders_dlq.logs import log
@@ -91,7 +91,7 @@ def deliver_spooled(dead_letters: DeadLetterProducer, spool: Spool, producer, or
     """At the end, with Kafka back: this run's spooled dead letters go to the DLQ. Returns
     (dead-lettered, still spooled) for this run's failures."""
     if failed and reachable(producer, timeout=2):
-        drain_if_pending(dead_letters)
+        drain_spool_if_pending(dead_letters)
     still_spooled = spool.count(origin=origin)
     return failed - still_spooled, still_spooled
 
@@ -109,13 +109,13 @@ def main(argv=None) -> int:
     # One budget: long enough for a leader election (several seconds) to pass unnoticed.
     delivery_timeout = setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 30.0, positive(float))
     codec = order_codec()
-    spool = open_spool(args)
     serving = metrics.serve(args, metrics.PRODUCER)
     counts = metrics.ProducerMetrics() if serving else None
     client_id = f"producer.py@{socket.gethostname()}:{os.getpid()}"
     stop = StopFlag().install()
 
-    dead_letters = DeadLetterProducer(settings, spool=spool, delivery_timeout=delivery_timeout, origin=client_id)
+    dead_letters = open_dead_letter_producer(args, settings, delivery_timeout=delivery_timeout, origin=client_id)
+    spool = dead_letters.spool
     sender = OrderSender(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}),
                          # Orders that failed for good are committed to the spool as they fail, a batch
                          # at a time: a long outage holds none of them in memory, a kill loses none.
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     if reachable(producer, timeout=3):
         require_topics(producer, [settings.topic, settings.dlq_topic])
         dead_letters.cluster_id = producer.list_topics(timeout=5).cluster_id
-        drain_if_pending(dead_letters)
+        drain_spool_if_pending(dead_letters)
     else:
         log.warning("Kafka at %s does not answer: each order waits up to %gs to be delivered, "
                     "then it is kept in the local spool %s", settings.bootstrap_servers, delivery_timeout,

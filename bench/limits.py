@@ -78,7 +78,6 @@ def order_schema() -> dict:
 
 def encoded_orders(count: int, seed: int) -> list[tuple[bytes, bytes]]:
     """(key, value) pairs of the same orders (and so the same sizes) producer.py sends."""
-    sys.path.insert(0, str(ROOT))
     from orders_dlq.orders import OrderGenerator  # data only: the records, not the sending code
 
     generator = OrderGenerator(seed)

@@ -30,19 +30,16 @@ import time
 import uuid
 from pathlib import Path
 
+import confluent_kafka
+import fastavro
+import limits  # bench/limits.py, beside this file
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from orders_dlq import local_kafka
+from orders_dlq.settings import KafkaSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(BENCH))
-
-import confluent_kafka  # noqa: E402
-import fastavro  # noqa: E402
-import kafka_local  # noqa: E402
-import limits  # noqa: E402  (bench/limits.py)
-from confluent_kafka import Consumer, KafkaError, TopicPartition  # noqa: E402
-
-from orders_dlq.settings import KafkaSettings  # noqa: E402
 
 PY = sys.executable
 RUN_LINE = re.compile(r"this run: (\d+) orders aggregated, (\d+) dead-lettered in ([\d.]+)s")
@@ -608,6 +605,7 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="2k orders, 1 repeat, no 1M case: a smoke run")
     parser.add_argument("--full", action="store_true", help="also the 1M-order memory case")
     parser.add_argument("--json-out", type=Path, default=BENCH / "results.json", help="default bench/results.json")
+    parser.add_argument("--list", action="store_true", help="print the names of the cases, one a line, and exit")
     args = parser.parse_args(argv)
     if args.tiny:
         args.count, args.repeat, args.original_count = 2000, 1, 200
@@ -618,18 +616,21 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list:
+        print("\n".join(CASES))
+        return 0
     check_durability()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: stop our broker
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     cluster = None
     try:
-        if configured and kafka_local.broker_reachable(configured, 10):
+        if configured and local_kafka.broker_reachable(configured, 10):
             bootstrap, broker = configured, "KAFKA_BOOTSTRAP_SERVERS"
         else:
             if configured:
                 print(f"KAFKA_BOOTSTRAP_SERVERS={configured} does not answer: starting a local broker",
                       file=sys.stderr)
-            cluster = kafka_local.LocalKafka(ROOT / ".kafka" / "bench-broker", brokers=1, base_port=0)
+            cluster = local_kafka.LocalKafka(ROOT / ".kafka" / "bench-broker", brokers=1, base_port=0)
             print("[bench] starting a fresh local broker in .kafka/bench-broker", file=sys.stderr, flush=True)
             cluster.start(timeout=120, fresh=True)
             bootstrap, broker = cluster.bootstrap, "started by the bench"
@@ -642,7 +643,7 @@ def main(argv=None) -> int:
                 print(f"[bench] stopped early: {exc}", file=sys.stderr)
             report = {
                 "machine": {"cores": os.cpu_count(), "python": f"Python {platform.python_version()}",
-                            "platform": platform.platform(), "broker_version": kafka_local.kafka_version(),
+                            "platform": platform.platform(), "broker_version": local_kafka.kafka_version(),
                             "bootstrap": bootstrap, "broker": broker,
                             "confluent_kafka": confluent_kafka.__version__,
                             "librdkafka": confluent_kafka.libversion()[0], "fastavro": fastavro.__version__},

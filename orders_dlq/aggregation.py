@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 
-from orders_dlq import metrics
+from orders_dlq import metrics, transactions
 from orders_dlq.codec import DecodeError, order_codec
 from orders_dlq.dead_letter import DeadLetter, replay_count_of
 from orders_dlq.dlq import DeadLetterProducer
@@ -141,7 +141,7 @@ class OrderAggregator:
         self.states: dict[int, PartitionState] = {}
         self.committed: dict[int, PartitionState] = {}  # each partition's state at its last commit
         self.dirty: set[int] = set()
-        self.delivery_errors: list[str] = []
+        self.delivery_errors = transactions.DeliveryErrors()  # at-least-once: refused writes of the unit
         self.run_processed = 0
         self.run_dead_lettered = 0
         self.commit_failures = 0
@@ -184,11 +184,8 @@ class OrderAggregator:
     def run(self, max_messages: int | None = None, idle_timeout: float | None = None,
             on_batch: Callable[[OrderAggregator], None] | None = None) -> Aggregate:
         if self.exactly_once:
-            try:
-                self.producer.init_transactions(30)
-            except KafkaException as exc:
-                raise ToolFailure(f"cannot start a Kafka transaction ({exc.args[0].str()}); "
-                                  "use --guarantee at-least-once on brokers without transactions") from None
+            transactions.init_transactions(self.producer, "the aggregation", "use --guarantee at-least-once on "
+                                                                            "brokers without transactions")
             self.producer.begin_transaction()
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
@@ -350,14 +347,10 @@ class OrderAggregator:
     def _send_dead_letter(self, state: PartitionState, dead_letter: DeadLetter) -> None:
         log.debug("dead letter %s[%s]@%s (%s): %s", dead_letter.original_topic, dead_letter.original_partition,
                   dead_letter.original_offset, dead_letter.error_stage, dead_letter.error_reason)
-        self.dead_letters.send(dead_letter, None if self.exactly_once else self._on_delivery)
+        self.dead_letters.send(dead_letter, None if self.exactly_once else self.delivery_errors)
         state.aggregate.dead_lettered += 1
         self.run_dead_lettered += 1
         metrics.dead_letter_created(dead_letter.error_stage, dead_letter.error_reason)
-
-    def _on_delivery(self, error, message) -> None:
-        if error is not None:
-            self.delivery_errors.append(f"{message.topic()}: {error.str()}")
 
     # -- commit and rollback ----------------------------------------------------------------------
 
@@ -375,12 +368,14 @@ class OrderAggregator:
                 state = self.states[partition]
                 state.topic_id = self.topic_id
                 state.unit_start = self.committed[partition].next_offset
-                self.producer.produce(self.state_topic, key=state_key(self.group, self.topic, partition),
-                                      value=self.states[partition].encode(),
-                                      on_delivery=None if self.exactly_once else self._on_delivery)
+                transactions.produce(self.producer, self.state_topic,
+                                     key=state_key(self.group, self.topic, partition),
+                                     value=self.states[partition].encode(),
+                                     on_delivery=None if self.exactly_once else self.delivery_errors)
             if self.exactly_once:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-                self._commit_transaction()
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(),
+                                                          transactions.CALL_TIMEOUT)
+                transactions.commit_transaction(self.producer)
             else:
                 self._settle_deliveries()
                 self.consumer.commit(offsets=offsets, asynchronous=False)
@@ -405,42 +400,18 @@ class OrderAggregator:
         """
         settle(self.producer)
         if self.delivery_errors:
-            raise CommitFailed(self.delivery_errors[0])
-
-    def _commit_transaction(self, timeout: float = 120.0) -> None:
-        self._retried(self.producer.commit_transaction, "committing the transaction", timeout)
-
-    @staticmethod
-    def _retried(call: Callable[[float], None], what: str, timeout: float = 120.0) -> None:
-        """A transactional call, made again while its error is retriable (a timeout: the request
-        goes on in the background and the same call picks it up), until `timeout`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                call(30)
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if not error.retriable() or time.monotonic() > deadline:
-                    raise
-                log.warning("%s: %s; trying again", what, error.str())
+            raise CommitFailed(self.delivery_errors.first)
 
     def _abort_transaction(self, timeout: float = 120.0) -> None:
-        """Abort the open transaction (retrying what is retriable), then begin the next one."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.producer.abort_transaction(30)
-                break
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.fatal():
-                    self._renew_producer(error)
-                    return
-                if time.monotonic() > deadline:
-                    self._fail(f"could not abort the transaction within {timeout:g}s: {error.str()}")
-                log.warning("aborting the transaction: %s; trying again", error.str())
-                time.sleep(1)
+        """Abort the open transaction, then begin the next one (on a new producer if it was fenced)."""
+        try:
+            transactions.abort_transaction(self.producer, timeout)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.fatal():
+                self._renew_producer(error)
+                return
+            self._fail(f"could not abort the transaction within {timeout:g}s: {error.str()}")
         self.producer.begin_transaction()
 
     def _renew_producer(self, error: KafkaError) -> None:
@@ -466,7 +437,7 @@ class OrderAggregator:
         self.producer = Producer(self.producer_config)
         self.dead_letters.producer = self.producer
         try:
-            self._retried(self.producer.init_transactions, "starting a new transactional producer")
+            transactions.retried(self.producer.init_transactions, "starting a new transactional producer")
         except KafkaException as exc:
             self._fail(f"cannot start a new transactional producer after Kafka ended the last one: "
                        f"{exc.args[0].str()}")

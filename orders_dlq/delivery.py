@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Producer
 
-from orders_dlq import metrics
+from orders_dlq import metrics, transactions
 from orders_dlq.codec import AvroCodec, DecodeError
 from orders_dlq.dead_letter import DeadLetter
 from orders_dlq.logs import log
@@ -56,18 +56,9 @@ class OrderSender:
 
     def send(self, key: bytes, value: bytes) -> None:
         """Hand one order to librdkafka (and serve delivery reports); the report decides success."""
-        while True:
-            try:
-                self.producer.produce(self.topic, value=value, key=key)
-                break
-            except BufferError:
-                # librdkafka's queue is full (queue.buffering.max.messages): serve delivery reports,
-                # which frees room as orders are acknowledged or expire. A loop, not a recursion: an
-                # outage of any length only makes it turn longer.
-                self.producer.poll(0.05)
-                self._hand_on()
+        # While librdkafka's queue is full, failures reported meanwhile go to the spool at once.
+        transactions.produce(self.producer, self.topic, value=value, key=key, full_wait=0.05, on_full=self._hand_on)
         self.attempts += 1
-        self.producer.poll(0)
 
     def _on_delivery(self, error, message) -> None:
         if error is None:

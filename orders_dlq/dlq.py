@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
+from orders_dlq import transactions
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec, fit_text
 from orders_dlq.errors import ToolFailure
@@ -205,14 +206,7 @@ class DeadLetterProducer:
             self.permanent_error = permanent_error_sentence(error, self.topic)
 
     def _produce(self, topic, key, value, headers, on_delivery) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:
-                # The local queue is full: serve delivery reports to make room, then try again.
-                self.producer.poll(0.1)
-        self.producer.poll(0)
+        transactions.produce(self.producer, topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
 
     def send_confirmed(self, dead_letters: list[DeadLetter]) -> SendResult:
         """Deliver and wait for the acknowledgements; what fails is spooled (or an error without a spool)."""

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from orders_dlq import transactions
 from orders_dlq.codec import DecodeError, dead_letter_codec
 from orders_dlq.dead_letter import (
     REPLAY_COUNT_HEADER,
@@ -348,7 +349,7 @@ class Replayer:
                                            "unreplayable", "unreadable", "already_replayed"), 0)
         self.ledger_topic = status_topic(self.dlq_topic)
         self.replayed_keys: set[bytes] = set()  # read from the ledger at start, grown by this run
-        self.delivery_errors: list[str] = []
+        self.delivery_errors = transactions.DeliveryErrors()
         self.pace_started: float | None = None
         self.paced = 0
 
@@ -358,11 +359,7 @@ class Replayer:
         started = time.monotonic()
         try:
             if self.producer is not None:
-                try:
-                    self.producer.init_transactions(30)
-                except KafkaException as exc:
-                    raise ToolFailure(f"cannot start a Kafka transaction for the replay "
-                                      f"({exc.args[0].str()})") from None
+                transactions.init_transactions(self.producer, "the replay")
             if self.options.to_topic:
                 self._target_partitions(self.options.to_topic)
             self.replayed_keys = read_ledger(self.settings, self.ledger_topic)
@@ -379,9 +376,9 @@ class Replayer:
     def close(self) -> None:
         if self.in_transaction and self.producer is not None:
             try:
-                self.producer.abort_transaction(10)
+                transactions.abort_transaction(self.producer, timeout=10)
             except KafkaException:
-                pass
+                pass  # a transaction never committed is aborted by its coordinator in the end
             self.in_transaction = False
         try:
             self.consumer.close()
@@ -556,18 +553,8 @@ class Replayer:
         self._produce(self.ledger_topic, key=key, value=value)
 
     def _produce(self, topic: str, **message) -> None:
-        """Produce into the open transaction, serving delivery reports while librdkafka's queue is full."""
-        while True:
-            try:
-                self.producer.produce(topic, on_delivery=self._on_delivery, **message)
-                break
-            except BufferError:
-                self.producer.poll(0.1)
-        self.producer.poll(0)
-
-    def _on_delivery(self, error, message) -> None:
-        if error is not None:
-            self.delivery_errors.append(f"{message.topic()}: {error.str()}")
+        """Produce into the open transaction."""
+        transactions.produce(self.producer, topic, on_delivery=self.delivery_errors, **message)
 
     def _pace(self) -> None:
         """--rate: send on a schedule (token pacing), so slow moments do not lower the rate."""
@@ -621,13 +608,14 @@ class Replayer:
         if self.producer is not None:
             offsets = [TopicPartition(self.dlq_topic, p, o) for p, o in sorted(self.batch_offsets.items())]
             try:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
-                self.producer.commit_transaction(self.options.delivery_timeout + 30)
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(),
+                                                          transactions.CALL_TIMEOUT)
+                transactions.commit_transaction(self.producer, self.options.delivery_timeout + 30)
             except KafkaException as exc:
                 self._fail(exc)
             self.in_transaction = False
             if self.delivery_errors:  # cannot happen after a successful commit; be loud if it does
-                raise ToolFailure(f"a replayed message was not delivered: {self.delivery_errors[0]}")
+                raise ToolFailure(f"a replayed message was not delivered: {self.delivery_errors.first}")
         for name, count in self.batch_counts.items():
             setattr(self.result, name, getattr(self.result, name) + count)
             self.batch_counts[name] = 0
@@ -643,16 +631,16 @@ class Replayer:
         error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
         reason = error.str() if error is not None else str(exc)
         if self.delivery_errors:
-            reason = f"{reason}; first delivery error: {self.delivery_errors[0]}"
+            reason = f"{reason}; first delivery error: {self.delivery_errors.first}"
         if error is not None and error.fatal():
             self.in_transaction = False
             raise ToolFailure(f"the replay was fenced or hit a fatal error ({reason}); another replay with "
                               f"group {self.options.group} may be running. Nothing of the last batch was sent; "
                               "a rerun continues where this one stopped") from None
         try:
-            self.producer.abort_transaction(30)
+            transactions.abort_transaction(self.producer, timeout=30)
         except KafkaException:
-            pass
+            pass  # the coordinator aborts it after transaction.timeout.ms
         self.in_transaction = False
         raise ToolFailure(f"the replay batch could not be committed ({reason}); nothing of it was sent and "
                           "a rerun continues where this one stopped") from None

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from orders_dlq import local_kafka
 
-import kafka_local  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
 
@@ -37,18 +36,18 @@ def run(*args: str, allowed=(0,)) -> int:
     return code
 
 
-def find_or_start_broker() -> tuple[str, kafka_local.LocalKafka | None]:
+def find_or_start_broker() -> tuple[str, local_kafka.LocalKafka | None]:
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
-        if not kafka_local.broker_reachable(configured, 10):
+        if not local_kafka.broker_reachable(configured, 10):
             raise SystemExit(f"error: KAFKA_BOOTSTRAP_SERVERS={configured} is set but no broker answers there")
         print(f"using the broker at {configured} (KAFKA_BOOTSTRAP_SERVERS)")
         return configured, None
-    if kafka_local.broker_reachable(DEFAULT_BOOTSTRAP, 3):
+    if local_kafka.broker_reachable(DEFAULT_BOOTSTRAP, 3):
         print(f"using the broker already running at {DEFAULT_BOOTSTRAP}")
         return DEFAULT_BOOTSTRAP, None
     print("no broker is running: starting a local Apache Kafka (KRaft) on 127.0.0.1:9092")
-    broker = kafka_local.LocalKafka(ROOT / ".kafka" / "demo", brokers=1)
+    broker = local_kafka.LocalKafka(ROOT / ".kafka" / "demo", brokers=1)
     broker.start(timeout=120, fresh=True)
     return broker.bootstrap, broker
 
@@ -57,7 +56,7 @@ def main() -> int:
     step("0. A Kafka broker")
     try:
         bootstrap, broker = find_or_start_broker()
-    except kafka_local.KafkaLocalError as exc:
+    except local_kafka.KafkaLocalError as exc:
         raise SystemExit(f"error: {exc}") from None
     os.environ["KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
     spool = ROOT / ".kafka" / "demo-spool.sqlite3"

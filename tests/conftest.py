@@ -21,11 +21,9 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+from orders_dlq import local_kafka
 
-import kafka_local  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT_TIMEOUT = 180
 
@@ -47,13 +45,13 @@ def kafka_bootstrap():
     """A reachable broker: KAFKA_BOOTSTRAP_SERVERS if set, else a local one on free ports for this session."""
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if configured:
-        if not kafka_local.broker_reachable(configured, 10):
+        if not local_kafka.broker_reachable(configured, 10):
             pytest.exit(f"KAFKA_BOOTSTRAP_SERVERS={configured} is set but no broker answers there", returncode=1)
         yield configured
         return
     # Under pytest-xdist (`make test` runs two workers) each worker has a broker of its own.
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    cluster = kafka_local.LocalKafka(ROOT / ".kafka" / f"test-broker{'-' + worker if worker else ''}", brokers=1,
+    cluster = local_kafka.LocalKafka(ROOT / ".kafka" / f"test-broker{'-' + worker if worker else ''}", brokers=1,
                                      base_port=0)
     cluster.start(timeout=120, fresh=True)
     try:
@@ -65,7 +63,7 @@ def kafka_bootstrap():
 @pytest.fixture
 def private_kafka(tmp_path):
     """A broker of this test's own, which the test may stop, kill and restart."""
-    cluster = kafka_local.LocalKafka(tmp_path / "broker", brokers=1, base_port=0)
+    cluster = local_kafka.LocalKafka(tmp_path / "broker", brokers=1, base_port=0)
     cluster.start(timeout=120)
     try:
         yield cluster
@@ -347,10 +345,10 @@ def private_broker_unavailable() -> str | None:
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return None  # the session starts its own broker anyway: a missing Java must fail loudly
     try:
-        kafka_local.find_java()
-    except kafka_local.KafkaLocalError:
+        local_kafka.find_java()
+    except local_kafka.KafkaLocalError:
         return "needs a private Kafka broker, and Java 17+ is not installed (KAFKA_BOOTSTRAP_SERVERS is external)"
-    if not kafka_local.jars_cached() and not shutil.which("mvn"):
+    if not local_kafka.jars_cached() and not shutil.which("mvn"):
         return ("needs a private Kafka broker, and Maven is not installed to fetch its jars "
                 "(KAFKA_BOOTSTRAP_SERVERS is external)")
     return None

@@ -1,4 +1,4 @@
-"""Integration tests for scripts/kafka_local.py (real JVM brokers on private ports).
+"""Integration tests for orders_dlq/local_kafka.py (real JVM brokers on private ports).
 
 Every cluster here lives in a tmp dir on free ports, so these tests never touch
 the default 127.0.0.1:9092 broker that the rest of the suite uses.
@@ -16,14 +16,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from orders_dlq import local_kafka
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = REPO_ROOT / "scripts" / "kafka_local.py"
-sys.path.insert(0, str(SCRIPT.parent))
-
-import kafka_local  # noqa: E402
-from confluent_kafka import Consumer, Producer  # noqa: E402
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +41,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
     """Run the CLI as a user would; a hang fails the test via TimeoutExpired."""
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "orders_dlq.local_kafka", *args], capture_output=True,
                           text=True, timeout=timeout, env=env or _env(), cwd=REPO_ROOT)
 
 
 def pid_gone(pid: int, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not kafka_local._pid_alive(pid):
+        if not local_kafka._pid_alive(pid):
             return True
         time.sleep(0.1)
     return False
@@ -68,7 +66,7 @@ def wait_for(condition, timeout: float, what: str):
 
 
 def topic_partitions(bootstrap: str, topic: str) -> dict:
-    md = kafka_local.fetch_metadata(bootstrap, 5)
+    md = local_kafka.fetch_metadata(bootstrap, 5)
     meta = md.topics.get(topic) if md else None
     return meta.partitions if meta is not None and meta.error is None else {}
 
@@ -111,17 +109,17 @@ def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> li
 @pytest.fixture(scope="module")
 def jars():
     """Resolve the jars once (the only step that may need Maven and the network)."""
-    lib, _fetched = kafka_local.ensure_jars()
+    lib, _fetched = local_kafka.ensure_jars()
     return lib
 
 
 @pytest.fixture
 def cluster_factory(tmp_path, jars):
     """Build private clusters in tmp dirs; whatever was started gets stopped."""
-    made: list[kafka_local.LocalKafka] = []
+    made: list[local_kafka.LocalKafka] = []
 
-    def make(brokers: int = 1, name: str = "kafka") -> kafka_local.LocalKafka:
-        cluster = kafka_local.LocalKafka(tmp_path / name, brokers=brokers, base_port=0)
+    def make(brokers: int = 1, name: str = "kafka") -> local_kafka.LocalKafka:
+        cluster = local_kafka.LocalKafka(tmp_path / name, brokers=brokers, base_port=0)
         made.append(cluster)
         return cluster
 
@@ -138,7 +136,7 @@ def cluster_factory(tmp_path, jars):
 def test_round_trip_stop_and_restart_keeps_data(cluster_factory, tmp_path):
     kafka = cluster_factory().start(timeout=60)
     assert kafka.is_running()
-    assert kafka_local.broker_reachable(kafka.bootstrap, 5)
+    assert local_kafka.broker_reachable(kafka.bootstrap, 5)
     topic = f"orders-{uuid.uuid4().hex[:8]}"
     create_topic(kafka.bootstrap, topic)
     produce(kafka.bootstrap, topic, [b"a", b"b", b"c"])
@@ -155,10 +153,10 @@ def test_round_trip_stop_and_restart_keeps_data(cluster_factory, tmp_path):
     assert pid_gone(pid), "stop() left the broker JVM running"
     assert not kafka.pid_file(0).exists()
     assert not kafka.is_running()
-    assert not kafka_local.broker_reachable(kafka.bootstrap, 1)
+    assert not local_kafka.broker_reachable(kafka.bootstrap, 1)
 
     # Same data dir, same ports: topics and records survive a restart.
-    again = kafka_local.LocalKafka(kafka.data_dir, brokers=1, base_port=0)
+    again = local_kafka.LocalKafka(kafka.data_dir, brokers=1, base_port=0)
     assert again.bootstrap == kafka.bootstrap
     again.start(timeout=60)
     assert sorted(consume(again.bootstrap, topic, 3)) == [b"a", b"b", b"c"]
@@ -167,14 +165,14 @@ def test_round_trip_stop_and_restart_keeps_data(cluster_factory, tmp_path):
 
 @pytest.mark.timeout(120)
 def test_cli_uses_jar_cache_without_maven_and_status_codes(jars, tmp_path):
-    assert kafka_local.ensure_jars() == (kafka_local.LIB_DIR, False), "jar cache missed"
+    assert local_kafka.ensure_jars() == (local_kafka.LIB_DIR, False), "jar cache missed"
     # PATH holds java only: a start that needed Maven would fail.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "java").symlink_to(Path(kafka_local.find_java()).resolve())
+    (bin_dir / "java").symlink_to(Path(local_kafka.find_java()).resolve())
     env = _env(PATH=str(bin_dir))
     data = tmp_path / "cli"
-    port = str(kafka_local.free_port())
+    port = str(local_kafka.free_port())
 
     status = run_cli("status", "--data-dir", str(data), env=env)
     assert status.returncode == 3, status
@@ -214,7 +212,7 @@ def test_cli_honours_kafka_bootstrap_servers(cluster_factory, tmp_path):
     assert ok.stdout.startswith("kafka: using KAFKA_BOOTSTRAP_SERVERS=")
     assert not data.exists(), "nothing may be started for an external broker"
 
-    dead = f"127.0.0.1:{kafka_local.free_port()}"
+    dead = f"127.0.0.1:{local_kafka.free_port()}"
     bad = run_cli("start", "--data-dir", str(data), env=_env(KAFKA_BOOTSTRAP_SERVERS=dead),
                   timeout=30)
     assert bad.returncode == 1
@@ -248,7 +246,7 @@ def test_missing_java_is_one_clear_sentence(tmp_path):
     env.pop("JAVA_HOME", None)
     result = run_cli("start", "--data-dir", str(tmp_path / "k"), env=env)
     assert result.returncode == 1
-    assert result.stderr == f"kafka_local: {kafka_local.JAVA_REQUIRED}\n"
+    assert result.stderr == f"error: {local_kafka.JAVA_REQUIRED}\n"
 
 
 @pytest.mark.timeout(30)
@@ -263,7 +261,7 @@ def test_three_brokers_replication_and_node_faults(cluster_factory):
     kafka = cluster_factory(brokers=3)
     assert len(kafka.bootstrap.split(",")) == 3
     kafka.start(timeout=120)
-    md = kafka_local.fetch_metadata(kafka.bootstrap, 10)
+    md = local_kafka.fetch_metadata(kafka.bootstrap, 10)
     assert sorted(md.brokers) == [1, 2, 3]
 
     topic = f"orders-rf3-{uuid.uuid4().hex[:8]}"
@@ -288,7 +286,7 @@ def test_three_brokers_replication_and_node_faults(cluster_factory):
     kafka.stop_broker(1)
     assert kafka.pid(1) is None
     kafka.start_broker(1)
-    wait_for(lambda: sorted(kafka_local.fetch_metadata(kafka.bootstrap, 5).brokers) == [1, 2, 3],
+    wait_for(lambda: sorted(local_kafka.fetch_metadata(kafka.bootstrap, 5).brokers) == [1, 2, 3],
              30, "all three brokers in metadata")
     assert sorted(consume(kafka.bootstrap, topic, 3)) == [b"1", b"2", b"3"]
 
@@ -299,14 +297,14 @@ def test_three_brokers_replication_and_node_faults(cluster_factory):
 
 def test_start_when_kafka_bootstrap_servers_names_the_address_it_starts_on(jars, tmp_path):
     """`make kafka-up` with KAFKA_BOOTSTRAP_SERVERS=localhost:<port> exported and nothing there: start it."""
-    port = str(kafka_local.free_port())
+    port = str(local_kafka.free_port())
     data = tmp_path / "same-address"
     env = _env(KAFKA_BOOTSTRAP_SERVERS=f"localhost:{port}")
     try:
         start = run_cli("start", "--port", port, "--data-dir", str(data), env=env)
         assert start.returncode == 0, start
         assert start.stdout.startswith(f"kafka: running at 127.0.0.1:{port} (1 broker, pid "), start
-        assert kafka_local.broker_reachable(f"localhost:{port}", 10)
+        assert local_kafka.broker_reachable(f"localhost:{port}", 10)
     finally:
         stop = run_cli("stop", "--data-dir", str(data), env=_env())
     assert stop.returncode == 0, stop

@@ -6,11 +6,12 @@ import json
 import sqlite3
 import time
 
-import kafka_local
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from conftest import Pipeline, Scripts, assert_dead_lettered_exactly_once, assert_summary_matches_truth, wait_for
+
+from orders_dlq import local_kafka
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ ORDERS = 40000
 
 @pytest.mark.slow
 def test_three_brokers_one_killed_while_producing_and_consuming_loses_nothing(tmp_path):
-    cluster = kafka_local.LocalKafka(tmp_path / "cluster", brokers=3, base_port=0)
+    cluster = local_kafka.LocalKafka(tmp_path / "cluster", brokers=3, base_port=0)
     cluster.start(timeout=180)
     try:
         scripts = Scripts(cluster.bootstrap, tmp_path)

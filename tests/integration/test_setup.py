@@ -8,7 +8,8 @@ import uuid
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from tests.conftest import Scripts, kafka_local, wait_for
+from orders_dlq import local_kafka
+from tests.conftest import Scripts, wait_for
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -16,7 +17,7 @@ DAY_MS = 24 * 3600 * 1000
 @pytest.fixture(scope="module")
 def three_brokers(tmp_path_factory):
     """One three-node cluster for the whole module (starting one costs tens of seconds)."""
-    cluster = kafka_local.LocalKafka(tmp_path_factory.mktemp("setup") / "cluster", brokers=3, base_port=0)
+    cluster = local_kafka.LocalKafka(tmp_path_factory.mktemp("setup") / "cluster", brokers=3, base_port=0)
     cluster.start(timeout=180)
     try:
         yield cluster

@@ -257,7 +257,8 @@ def test_argparse_error_is_one_line_with_exit_2(capsys):
         parser.parse_args(["--nope"])
     assert info.value.code == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.endswith("(see --help)\n")
+    # The same prefix as every other error of every script.
+    assert err.count("\n") == 1 and err.startswith("error: ") and err.endswith(" --help)\n")
 
 
 @pytest.mark.parametrize("exc, code", [(UsageError("bad flag"), 2), (ToolFailure("no broker"), 1),

@@ -1,15 +1,13 @@
-"""docker-compose.yml and scripts/kafka_local.py run the broker with the same settings."""
+"""docker-compose.yml and orders_dlq/local_kafka.py run the broker with the same settings."""
 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from orders_dlq import local_kafka
 
-import kafka_local  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 COMPOSE = (ROOT / "docker-compose.yml").read_text()
 # Set per node or per network: these legitimately differ between a container and local JVMs.
@@ -27,7 +25,7 @@ def compose_properties() -> dict[str, str]:
 
 
 def local_properties() -> dict[str, str]:
-    text = kafka_local.broker_properties(1, [(9092, 9093)], Path("data"))
+    text = local_kafka.broker_properties(1, [(9092, 9093)], Path("data"))
     return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
 
 

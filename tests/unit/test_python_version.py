@@ -48,13 +48,14 @@ def test_the_check_parses_with_an_older_grammar(path):
     ast.parse((ROOT / path).read_text(), feature_version=(3, 8))
 
 
-@pytest.mark.parametrize("script", ["setup_dlq.py", "dlq_replay.py", "scripts/kafka_local.py"])
+@pytest.mark.parametrize("script", ["setup_dlq.py", "dlq_replay.py", "orders_dlq/local_kafka.py"])
 def test_a_script_run_by_an_old_python_says_so_and_exits_2(script):
     # Fake the interpreter's version before the script starts, as an old Python would report it.
-    fake = (f"import runpy, sys; sys.path.insert(0, {str(ROOT)!r}); sys.version_info = (3, 9, 18, 'final', 0); "
+    # Run from the project's directory, as a user would: `python -c` puts it first on the import path.
+    fake = (f"import runpy, sys; sys.version_info = (3, 9, 18, 'final', 0); "
             f"sys.argv = [{script!r}]; runpy.run_path({str(ROOT / script)!r}, run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", fake], capture_output=True, text=True, timeout=60,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, cwd=ROOT)
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert result.stderr.startswith("orders-dlq needs Python 3.11 or newer, but this is Python 3.9")

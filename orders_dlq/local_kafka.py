@@ -2,10 +2,10 @@
 """Run a real Apache Kafka broker (KRaft, 1 or 3 nodes) locally without Docker.
 
 Usage:
-    python scripts/kafka_local.py start [--brokers N] [--port P] [--data-dir D] [--fresh]
-    python scripts/kafka_local.py stop [--data-dir D] [--wipe]
-    python scripts/kafka_local.py status [--data-dir D]
-    python scripts/kafka_local.py fetch
+    python -m orders_dlq.local_kafka start [--brokers N] [--port P] [--data-dir D] [--fresh]
+    python -m orders_dlq.local_kafka stop [--data-dir D] [--wipe]
+    python -m orders_dlq.local_kafka status [--data-dir D]
+    python -m orders_dlq.local_kafka fetch
 
 The broker jars (version pinned in scripts/pom.xml) are resolved once with
 Maven into <repo>/.kafka/lib; later starts need neither Maven nor a network.
@@ -13,7 +13,7 @@ Each node is a JVM running in the background with its pid file, properties,
 console log (broker-N.log) and log4j log (server-N.log) in the data directory
 (<repo>/.kafka/data by default), so `stop` and `status` work from any shell.
 
-Importable from tests: see LocalKafka, broker_reachable, free_port, ensure_jars.
+Importable (tests, bench, demo): see LocalKafka, broker_reachable, free_port, ensure_jars.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def _pid_alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done != pid  # our child: waitpid is authoritative
     except ChildProcessError:
-        pass  # not our child: started by another `kafka_local.py start`
+        pass  # not our child: started by another `local_kafka start`
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -299,7 +299,7 @@ def _terminate(pids: list[int], timeout: float) -> None:
 # --------------------------------------------------------------------------
 
 LOG4J2 = """\
-# Written by scripts/kafka_local.py. One rolling file per node: server-<id>.log.
+# Written by orders_dlq/local_kafka.py. One rolling file per node: server-<id>.log.
 status = warn
 name = kafka-local
 appender.file.type = RollingFile
@@ -338,7 +338,7 @@ def broker_properties(node_id: int, ports: list[tuple[int, int]], log_dir: Path)
     voters = ",".join(f"{i + 1}@{HOST}:{c}" for i, (_, c) in enumerate(ports))
     rf = min(3, n)
     lines = [
-        "# Written by scripts/kafka_local.py on every start; edits are overwritten.",
+        "# Written by orders_dlq/local_kafka.py on every start; edits are overwritten.",
         # KRaft combined mode: each JVM is both a broker and a controller (no
         # ZooKeeper, no separate controller processes). Fine for development;
         # production clusters run dedicated controllers.
@@ -660,7 +660,7 @@ class LocalKafka:
         if not self.data_dir.exists():
             return
         if not self.state_file.exists() and any(self.data_dir.iterdir()):
-            raise KafkaLocalError(f"{_show(self.data_dir)} does not look like a kafka_local "
+            raise KafkaLocalError(f"{_show(self.data_dir)} does not look like a local_kafka "
                                   f"data dir (no cluster.json), so it was not deleted.")
         shutil.rmtree(self.data_dir)
 
@@ -708,7 +708,7 @@ class LocalKafka:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kafka_local.py",
+        prog="python -m orders_dlq.local_kafka",
         description="Run a local Apache Kafka (KRaft) broker or 3-node cluster without Docker.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
