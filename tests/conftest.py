@@ -331,6 +331,20 @@ def pipeline(kafka_bootstrap, scripts) -> Pipeline:
 
 
 @pytest.fixture
+def private_pipeline(private_kafka, tmp_path) -> Pipeline:
+    """A pipeline (topics created) on this test's own broker, which the test may stop and restart."""
+    pipeline = Pipeline(private_kafka.bootstrap, Scripts(private_kafka.bootstrap, tmp_path))
+    pipeline.setup()
+    return pipeline
+
+
+def order(price="12.34", product="Toffee", **fields) -> dict:
+    """One valid order as the Avro record holds it (fields may be overridden or made invalid)."""
+    return {"order_id": str(uuid.uuid4()), "product": product, "price": Decimal(price),
+            "created_at": datetime.now(UTC), **fields}
+
+
+@pytest.fixture
 def admin(kafka_bootstrap) -> AdminClient:
     return AdminClient({"bootstrap.servers": kafka_bootstrap})
 

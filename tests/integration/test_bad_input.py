@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import random
-import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,7 +14,7 @@ from decimal import Decimal
 import fastavro
 import pytest
 from confluent_kafka import Producer
-from conftest import ORDER_SCHEMA, ROOT, Pipeline
+from conftest import ORDER_SCHEMA, ROOT, Pipeline, order
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +35,6 @@ def encode(order: dict, schema=ORDER_SCHEMA) -> bytes:
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, schema, order)
     return buffer.getvalue()
-
-
-def order(price="12.34", product="Toffee", **fields) -> dict:
-    return {"order_id": str(uuid.uuid4()), "product": product, "price": Decimal(price),
-            "created_at": datetime.now(UTC), **fields}
 
 
 def _price_as_plain_bytes_schema():

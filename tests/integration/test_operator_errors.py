@@ -19,7 +19,8 @@ from conftest import Pipeline, Scripts
 pytestmark = pytest.mark.integration
 
 USAGE_TIMEOUT = 30
-SCRIPTS = ("producer.py", "consumer_aggregation.py", "setup_dlq.py", "dlq_consumer.py", "dlq_producer.py")
+SCRIPTS = ("producer.py", "consumer_aggregation.py", "setup_dlq.py", "dlq_consumer.py", "dlq_producer.py",
+           "dlq_replay.py")
 NOT_A_DIR = "not-a-dir"  # a plain file in the script's working directory: no spool can live under it
 BROKEN_SCHEMA = '{"type": "record", "name": "Order", "fields": [{"name": "no_type"}]}'
 UNREACHABLE = "127.0.0.1:1"
@@ -115,6 +116,21 @@ USAGE_CASES = [
     case("dlq_producer.py", ["-X", "novalue"], names="-X"),
     case("dlq_producer.py", ["--spool-status", "--spool", f"{NOT_A_DIR}/spool.sqlite3"], names="spool"),
     case("dlq_producer.py", ["--send-example", "-X", "no.such.property=1"], names="no.such.property"),
+    # dlq_replay.py
+    case("dlq_replay.py", ["--nope"], names="--nope"),
+    case("dlq_replay.py", ["--stage", "nope"], names="--stage"),
+    case("dlq_replay.py", ["--since", "yesterday"], names="--since"),
+    case("dlq_replay.py", ["--since", "2026-11-28T10:00", "--until", "2026-11-28T09:00"], names="--since"),
+    case("dlq_replay.py", ["--from-offset", "x"], names="--from-offset"),
+    case("dlq_replay.py", ["--from-offset", "-3"], names="--from-offset"),
+    case("dlq_replay.py", ["--to-offset", "0:x"], names="--to-offset"),
+    case("dlq_replay.py", ["--from-offset", "0:50", "--to-offset", "0:10"], names="--from-offset"),
+    case("dlq_replay.py", ["--rate", "0"], names="--rate"),
+    case("dlq_replay.py", ["--count", "0"], names="--count"),
+    case("dlq_replay.py", ["--max-replays", "-1"], names="--max-replays"),
+    case("dlq_replay.py", ["--delivery-timeout", "0"], names="--delivery-timeout"),
+    case("dlq_replay.py", ["--to", "{topic}.DLQ"], names="--to"),
+    case("dlq_replay.py", ["-X", "no.such.property=1", "--dry-run"], names="no.such.property"),
     # every script: the environment shared by all of them
     *[case(script, env=["KAFKA_CLIENT_CONFIG=novalue"], names="KAFKA_CLIENT_CONFIG") for script in SCRIPTS],
     *[case(script, env=["DLQ_TOPIC={topic}"], names=("DLQ_TOPIC", "--dlq-topic"),
@@ -179,6 +195,7 @@ def test_wrong_flag_or_env_value_is_one_sentence_exit_2_and_touches_nothing(
     if env_lines:
         (tmp_path / ".env").write_text("".join(line.format(**values) + "\n" for line in env_lines))
     names = [name.format(**values) for name in names]
+    args = [arg.format(**values) for arg in args]
     group = f"{pipeline.group}-{uuid.uuid4().hex[:8]}"
     if script == "consumer_aggregation.py":
         args = ["-g", group, *args]

@@ -89,10 +89,9 @@ def test_three_brokers_one_killed_while_producing_and_consuming_loses_nothing(tm
     assert_dead_lettered_exactly_once(letters, truth)
 
 
-def test_drain_killed_half_way_then_rerun_delivers_each_dead_letter_once(private_kafka, tmp_path):
-    scripts = Scripts(private_kafka.bootstrap, tmp_path)
-    pipeline = Pipeline(private_kafka.bootstrap, scripts)
-    pipeline.setup()
+def test_drain_killed_half_way_then_rerun_delivers_each_dead_letter_once(private_kafka, private_pipeline, tmp_path):
+    pipeline = private_pipeline
+    scripts = pipeline.scripts
     spool = tmp_path / "spool.sqlite3"
     env = {"DLQ_SPOOL": str(spool)}
     private_kafka.stop()
@@ -119,10 +118,9 @@ def test_drain_killed_half_way_then_rerun_delivers_each_dead_letter_once(private
     assert all(letter["error_stage"] == "produce" and letter["retry_count"] == 1 for letter in letters)
 
 
-def test_spool_drains_by_itself_when_a_tool_next_starts_with_the_broker_up(private_kafka, tmp_path):
-    scripts = Scripts(private_kafka.bootstrap, tmp_path)
-    pipeline = Pipeline(private_kafka.bootstrap, scripts)
-    pipeline.setup()
+def test_spool_drains_by_itself_when_a_tool_next_starts_with_the_broker_up(private_kafka, private_pipeline, tmp_path):
+    pipeline = private_pipeline
+    scripts = pipeline.scripts
     private_kafka.stop()
     down = json.loads(scripts.run("producer.py", "--count", 12, "--delivery-timeout", 1, "--json",
                                   expect=1, timeout=90).stdout)
@@ -140,12 +138,11 @@ def test_spool_drains_by_itself_when_a_tool_next_starts_with_the_broker_up(priva
     assert_summary_matches_truth(summary, pipeline.truth())
 
 
-def test_a_long_outage_spools_every_order_as_it_fails_and_the_counts_add_up(private_kafka, tmp_path):
+def test_a_long_outage_spools_every_order_as_it_fails_and_the_counts_add_up(private_kafka, private_pipeline, tmp_path):
     """More orders than librdkafka's queue holds, the broker down all along: the producer used to end in
     a RecursionError with nothing spooled. Each order must end sent, dead-lettered or spooled."""
-    scripts = Scripts(private_kafka.bootstrap, tmp_path)
-    pipeline = Pipeline(private_kafka.bootstrap, scripts)
-    pipeline.setup()
+    pipeline = private_pipeline
+    scripts = pipeline.scripts
     spool = tmp_path / "spool.sqlite3"
     private_kafka.stop()
 
@@ -191,14 +188,14 @@ def test_a_spooled_row_that_cannot_be_drained_is_reported_and_kept_but_never_blo
 
 
 @pytest.mark.slow
-def test_exactly_once_consumer_rides_out_a_broker_outage_longer_than_its_transaction_timeout(private_kafka, tmp_path):
+def test_exactly_once_consumer_rides_out_a_broker_outage_longer_than_its_transaction_timeout(
+        private_kafka, private_pipeline):
     """The broker stops for 30 s under an exactly-once consumer in the middle of its work: the open
     transaction outlives transaction.timeout.ms (15 s) and Kafka ends it. The consumer used to stop,
     blaming "another instance with the same --instance-id"; it must ride it out, and a restart
     must give exact totals."""
-    scripts = Scripts(private_kafka.bootstrap, tmp_path)
-    pipeline = Pipeline(private_kafka.bootstrap, scripts)
-    pipeline.setup()
+    pipeline = private_pipeline
+    scripts = pipeline.scripts
     consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 40, "--json",
                              "--print-interval", 0)
     producer = scripts.spawn("producer.py", "--count", 5000, "--rate", 200, "--bad-ratio", 0.01, "--seed", 31,
@@ -228,12 +225,12 @@ def test_exactly_once_consumer_rides_out_a_broker_outage_longer_than_its_transac
 
 
 @pytest.mark.slow
-def test_exactly_once_consumer_under_a_200_second_outage_ends_truthfully_or_rides_it_out(private_kafka, tmp_path):
+def test_exactly_once_consumer_under_a_200_second_outage_ends_truthfully_or_rides_it_out(
+        private_kafka, private_pipeline):
     """Kafka gone for 200 s under an exactly-once consumer (default anonymous instance): the consumer
     may ride it out or stop, but only with a true sentence and a clean exit; a restart is exact."""
-    scripts = Scripts(private_kafka.bootstrap, tmp_path)
-    pipeline = Pipeline(private_kafka.bootstrap, scripts)
-    pipeline.setup()
+    pipeline = private_pipeline
+    scripts = pipeline.scripts
     consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 20, "--json",
                              "--print-interval", 0)
     producer = scripts.spawn("producer.py", "--count", 3000, "--rate", 200, "--seed", 37,

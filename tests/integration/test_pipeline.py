@@ -7,7 +7,7 @@ import struct
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from conftest import Pipeline, Scripts, a_valid_order, assert_summary_matches_truth, classify, encode_order
+from conftest import Pipeline, a_valid_order, assert_summary_matches_truth, classify, encode_order
 
 pytestmark = pytest.mark.integration
 
@@ -123,10 +123,9 @@ def test_reading_the_dlq_leaves_other_groups_positions_alone(pipeline: Pipeline,
     assert not [g.group_id for g in groups if g.group_id.startswith("dlq-monitor-")]
 
 
-def test_producer_with_broker_down_spools_and_flush_delivers_once(private_kafka, tmp_path):
-    scripts = Scripts(private_kafka.bootstrap, tmp_path)
-    pipeline = Pipeline(private_kafka.bootstrap, scripts)
-    pipeline.setup()
+def test_producer_with_broker_down_spools_and_flush_delivers_once(private_kafka, private_pipeline):
+    pipeline = private_pipeline
+    scripts = pipeline.scripts
     private_kafka.stop()
 
     result = scripts.run("producer.py", "--count", 25, "--seed", 5, "--delivery-timeout", 1,

@@ -6,9 +6,7 @@ import io
 import json
 import struct
 import time
-import uuid
 from collections import Counter
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import fastavro
@@ -16,6 +14,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
 from conftest import ORDER_SCHEMA, PRODUCTS, Pipeline, classify, wait_for
+from conftest import order as an_order
 
 pytestmark = pytest.mark.integration
 
@@ -174,8 +173,7 @@ def test_dry_run_lists_the_selection_and_sends_and_commits_nothing(pipeline: Pip
 
 
 def test_spring_style_dead_letter_is_replayed_to_its_original_topic(pipeline: Pipeline):
-    order = {"order_id": str(uuid.uuid4()), "product": "Fudge", "price": Decimal("7.25"),
-             "created_at": datetime.now(UTC)}
+    order = an_order("7.25", "Fudge")
     original_time = int(time.time() * 1000) - 3_600_000
     headers = [
         ("trace", b"abc"),
