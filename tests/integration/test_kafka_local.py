@@ -220,13 +220,32 @@ def test_cli_honours_kafka_bootstrap_servers(cluster_factory, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+def bind_any(sock: socket.socket) -> int:
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock.getsockname()[1]
+
+
+def bind_with_free_neighbour(sock: socket.socket) -> int:
+    """Listen on a port whose lower neighbour is free (other tests run brokers at the same time)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            below = probe.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", below + 1))
+        except OSError:
+            continue
+        sock.listen()
+        return below + 1
+    raise AssertionError("no two neighbouring free ports")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("taken", ["broker", "controller"])
 def test_start_fails_fast_when_a_port_is_taken(jars, tmp_path, taken):
     with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", 0))
-        blocker.listen()
-        port = blocker.getsockname()[1]
+        port = bind_with_free_neighbour(blocker) if taken == "controller" else bind_any(blocker)
         base = port if taken == "broker" else port - 1
         began = time.monotonic()
         result = run_cli("start", "--port", str(base), "--data-dir", str(tmp_path / "k"),
