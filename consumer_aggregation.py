@@ -12,7 +12,8 @@ import time
 
 from dlq_producer import add_spool_argument, drain_spool_if_pending, open_dead_letter_producer
 from orders_dlq import cli, metrics
-from orders_dlq.aggregation import EXACTLY_ONCE, GUARANTEES, OrderAggregator, read_states
+from orders_dlq.aggregation import EXACTLY_ONCE, GUARANTEES, OrderAggregator
+from orders_dlq.changelog import read_states
 from orders_dlq.errors import EXIT_OK, UsageError
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.logs import log

@@ -36,11 +36,10 @@ from orders_dlq.replay import (
     Decision,
     Replayer,
     ReplayOptions,
-    add_selection_arguments,
-    selection_from_args,
     validate_options,
 )
 from orders_dlq.runtime import StopFlag
+from orders_dlq.selection import add_selection_arguments, selection_from_args
 from orders_dlq.settings import kafka_settings, positive, setting
 
 EXAMPLE = 'python dlq_replay.py --reason "unknown product" --dry-run     # then again without --dry-run'

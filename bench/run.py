@@ -36,6 +36,7 @@ import limits  # bench/limits.py, beside this file
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from orders_dlq import local_kafka
+from orders_dlq.changelog import PartitionState, parse_state_key
 from orders_dlq.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -374,9 +375,9 @@ class ChangelogWatcher(threading.Thread):
         """Per order: ms from created_at to the first changelog record covering its offset."""
         marks: dict[int, list[tuple[int, float, float]]] = {}
         for seen_at, stamp, key, value in self.seen:
-            g, t, partition = json.loads(key)
-            if g == group and t == topic:
-                marks.setdefault(partition, []).append((json.loads(value)["next_offset"], seen_at, stamp))
+            owner = parse_state_key(key)
+            if owner is not None and owner[:2] == (group, topic):
+                marks.setdefault(owner[2], []).append((PartitionState.decode(value).next_offset, seen_at, stamp))
         visible, stamped = [], []
         for (partition, offset), created_at in created.items():
             entries = marks.get(partition, [])
@@ -414,9 +415,9 @@ def changelog_progress(bootstrap: str, state_topic: str, group: str, topic: str)
     done: dict[int, int] = {}
     points = []
     for message in read_all(bootstrap, state_topic):
-        g, t, partition = json.loads(message.key())
-        if g == group and t == topic:
-            done[partition] = json.loads(message.value())["next_offset"]
+        owner = parse_state_key(message.key())
+        if owner is not None and owner[:2] == (group, topic):
+            done[owner[2]] = PartitionState.decode(message.value()).next_offset
             points.append((message.timestamp()[1] / 1000, sum(done.values())))
     points.sort()
     return points

@@ -20,7 +20,6 @@ before any of its messages is processed, so restarts and scale-out never double 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 
 from orders_dlq import metrics, transactions
+from orders_dlq.changelog import PartitionState, read_states, state_key
 from orders_dlq.codec import DecodeError, order_codec
 from orders_dlq.dead_letter import DeadLetter, replay_count_of
 from orders_dlq.dlq import DeadLetterProducer
@@ -35,8 +35,6 @@ from orders_dlq.errors import ToolFailure
 from orders_dlq.kafka import (
     admin_client,
     common_client_config,
-    read_to_end,
-    reader_config,
     reliable_producer_config,
     settle,
 )
@@ -45,7 +43,7 @@ from orders_dlq.orders import CATALOGUE, InvalidOrder, validate
 from orders_dlq.retry import RetryPolicy, is_retryable
 from orders_dlq.runtime import StopFlag
 from orders_dlq.settings import KafkaSettings
-from orders_dlq.stats import Aggregate, LatencyReservoir, PartitionState, combine
+from orders_dlq.stats import Aggregate, LatencyReservoir, combine
 
 EXACTLY_ONCE = "exactly-once"
 AT_LEAST_ONCE = "at-least-once"
@@ -60,50 +58,6 @@ UNASSIGNED_GRACE_SECONDS = 30.0
 # the cause is no longer an outage but (most likely) another live instance with the same id.
 MAX_RENEWALS = 3
 RENEWAL_WINDOW_SECONDS = 300.0
-
-
-def state_key(group: str, topic: str, partition: int) -> bytes:
-    """Changelog key: one record per (group, input topic, partition); compaction keeps the last."""
-    return json.dumps([group, topic, partition]).encode()
-
-
-def read_states(settings: KafkaSettings, state_topic: str, group: str, topic: str,
-                partitions: set[int] | None = None, timeout: float = 60.0) -> dict[int, PartitionState]:
-    """The latest committed state of each partition of `topic` for `group`, from the changelog."""
-    reader = Consumer(reader_config(settings, f"{group}-restore-{uuid.uuid4()}"))
-    try:
-        metadata = reader.list_topics(state_topic, timeout=10).topics.get(state_topic)
-        if metadata is None or metadata.error is not None:
-            raise ToolFailure(f"state topic {state_topic} does not exist: run `python setup_dlq.py` first")
-        start = [TopicPartition(state_topic, p, 0) for p in metadata.partitions]
-        states = {}
-        unreadable = 0
-        for message in read_to_end(reader, start, timeout):
-            # Anyone can write to the changelog topic: a record that is not ours (a foreign key, a
-            # tombstone, corrupt bytes) is counted and passed over. A corrupt record under one of
-            # *our* keys leaves the previous state in place, which the restore then finds older than
-            # the committed offset: it refuses to count twice rather than guess.
-            try:
-                key = json.loads(message.key())
-                ours = (key[0] == group and key[1] == topic and isinstance(key[2], int)
-                        and (partitions is None or key[2] in partitions))
-            except Exception:  # noqa: BLE001 - not a key we wrote
-                unreadable += 1
-                continue
-            if not ours:
-                continue
-            if message.value() is None:
-                states.pop(key[2], None)  # a tombstone: that partition's state was deleted on purpose
-                continue
-            try:
-                states[key[2]] = PartitionState.decode(message.value())
-            except Exception:  # noqa: BLE001 - see above
-                unreadable += 1
-        if unreadable:
-            log.warning("%s: %d record(s) that are not aggregation states were passed over", state_topic, unreadable)
-        return states
-    finally:
-        reader.close()
 
 
 def topic_id(settings: KafkaSettings, topic: str) -> str | None:

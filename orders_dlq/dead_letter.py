@@ -324,6 +324,11 @@ RECORD_FIELDS = tuple(f.name for f in fields(DeadLetter)
                       if f.name not in ("reduced", "original_size", "original_sha256", "headers_unreadable"))
 
 
+def reason_category(reason: str) -> str:
+    """The rule part of a reason ("price must be positive: -3.00" counts as "price must be positive")."""
+    return reason.split(": ", 1)[0]
+
+
 def without_error_context(headers) -> list:
     """Headers minus any dead-letter context (ours, Spring's, Connect's): what the original carried."""
     return [(k, v) for k, v in headers or () if not k.startswith(ERROR_HEADER_PREFIXES)]

@@ -38,7 +38,7 @@ dlq_consumer.py (the monitor; the values are those of its selection: --stage, --
   orders_dlq_monitor_newest_dead_letter_age_seconds   and of the newest
 
 Label cardinality is bounded: `reason` is the reason's category (the text before ': ', as
-stats.reason_category, so "price must be positive: -3.00" is "price must be positive"), cut to
+dead_letter.reason_category, so "price must be positive: -3.00" is "price must be positive"), cut to
 80 characters, and after MAX_REASONS distinct categories any new one is counted as "other".
 
 Cost: counters are updated per batch (or per throttled sync of a running total), never per order;
@@ -54,10 +54,10 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_creat
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from orders_dlq.dead_letter import reason_category
 from orders_dlq.errors import UsageError
 from orders_dlq.logs import log
 from orders_dlq.settings import setting
-from orders_dlq.stats import reason_category
 
 PREFIX = "orders_dlq_"
 MAX_REASONS = 50

@@ -1,4 +1,5 @@
-"""The DLQ monitor behind `dlq_consumer.py`: counts, rate, ages, share of all orders, the view, the alert.
+"""The DLQ monitor behind `dlq_consumer.py`: its reading loop, statistics, rate, ages, share of all orders,
+the view and the alert.
 
 The share of dead letters among all orders is an estimate from offsets, not a count of orders:
 
@@ -22,15 +23,26 @@ Exit codes of dlq_consumer.py: 0 ok, 1 runtime error, 2 usage error, 3 alert (--
 from __future__ import annotations
 
 import bisect
+import json
+import shutil
+import sys
+import time
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from orders_dlq import metrics
-from orders_dlq.dead_letter import DeadLetter
-from orders_dlq.stats import DeadLetterStats
+from orders_dlq.codec import dead_letter_codec
+from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec, reason_category
+from orders_dlq.errors import EXIT_OK, ToolFailure
+from orders_dlq.kafka import read_to_end, reader_config
+from orders_dlq.logs import log
+from orders_dlq.runtime import StopFlag
+from orders_dlq.selection import DlqRecord, Selection, UnreadableRecord, read_dead_letter
+from orders_dlq.settings import KafkaSettings
 
 EXIT_ALERT = 3
 RATE_WINDOW = 60.0
@@ -132,11 +144,59 @@ def alert_message(share: Share | None, threshold: float) -> str | None:
     return line
 
 
-def describe_line(dead_letter: DeadLetter, partition: int, offset: int, failed_at: datetime | None) -> str:
-    """One dead letter on one line (the follow view and its plain output)."""
+def describe(dead_letter: DeadLetter, where: str, failed_at: datetime | None, detailed: bool = False) -> str:
+    """One dead letter for people, the same in every tool: one line (the follow view, a replay's
+    listing), or with `detailed` a second line with price, type, counts, origin and who failed it."""
     when = failed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if failed_at else "-"
-    return (f"[{partition}@{offset}] {when} {dead_letter.error_stage}: {dead_letter.error_reason}  "
+    line = (f"{where} {when} {dead_letter.error_stage}: {dead_letter.error_reason}  "
             f"order {dead_letter.order_id or '-'}  product {dead_letter.product or '-'}")
+    if not detailed:
+        return line
+    price = "-" if dead_letter.price is None else str(dead_letter.price)
+    origin = (f"{dead_letter.original_topic}[{dead_letter.original_partition}]@{dead_letter.original_offset}"
+              if dead_letter.original_partition is not None else dead_letter.original_topic)
+    return (f"{line}\n    price {price}  {dead_letter.error_type}  retries {dead_letter.retry_count}  "
+            f"replays {dead_letter.replay_count}  from {origin}  by {dead_letter.failed_by}")
+
+
+class DeadLetterStats:
+    """Counts of dead letters by reason, stage, original topic, product and retry count."""
+
+    def __init__(self):
+        self.total = 0
+        self.by_reason: Counter = Counter()
+        self.by_stage: Counter = Counter()
+        self.by_original_topic: Counter = Counter()
+        self.by_product: Counter = Counter()
+        self.retry_counts: Counter = Counter()
+        self.first_error: str | None = None
+        self.last_error: str | None = None
+
+    def add(self, dead_letter) -> None:
+        self.total += 1
+        self.by_reason[reason_category(dead_letter.error_reason)] += 1
+        self.by_stage[dead_letter.error_stage] += 1
+        self.by_original_topic[dead_letter.original_topic] += 1
+        self.by_product[dead_letter.product or "(unknown)"] += 1
+        self.retry_counts[str(dead_letter.retry_count)] += 1
+        stamp = dead_letter.error_timestamp or None
+        if stamp:
+            self.first_error = min(filter(None, (self.first_error, stamp)))
+            self.last_error = max(filter(None, (self.last_error, stamp)))
+
+    def summary(self) -> dict:
+        def ordered(counter):
+            return dict(counter.most_common())
+        return {
+            "total": self.total,
+            "by_reason": ordered(self.by_reason),
+            "by_stage": ordered(self.by_stage),
+            "by_original_topic": ordered(self.by_original_topic),
+            "by_product": ordered(self.by_product),
+            "retry_counts": dict(sorted(self.retry_counts.items(), key=lambda kv: int(kv[0]))),
+            "first_error": self.first_error,
+            "last_error": self.last_error,
+        }
 
 
 class Monitor:
@@ -260,3 +320,196 @@ def topic_count(consumer, topic: str, timeout: float = 5.0) -> TopicCount | None
         count.messages += max(0, high - low)
         count.deleted += max(0, low)
     return count
+
+
+# -- the reading loop of dlq_consumer.py -----------------------------------------------------------
+
+def as_json(found: DlqRecord) -> dict:
+    """One dead letter as a JSON object (bytes as hex), with its place in the DLQ."""
+    dead_letter = found.dead_letter
+    record = dead_letter.to_record()
+    for name in ("original_key", "original_value"):
+        record[name] = None if record[name] is None else record[name].hex()
+    record["original_headers"] = [{"key": h["key"], "value": None if h["value"] is None else h["value"].hex()}
+                                  for h in record["original_headers"]]
+    record["price"] = None if dead_letter.price is None else str(dead_letter.price)
+    record["dlq_position"] = found.position
+    return record
+
+
+def stats_text(summary: dict) -> str:
+    """The statistics as text: totals, then counts by stage, reason, topic, product, retries."""
+    lines = [f"dead letters: {summary['total']}"]
+    if summary["total"]:
+        lines.append(f"first {summary['first_error']}  last {summary['last_error']}")
+    for title in ("by_stage", "by_reason", "by_original_topic", "by_product", "retry_counts"):
+        if summary[title]:
+            lines.append(title.replace("_", " ") + ":")
+            lines += [f"  {count:>7}  {name}" for name, count in summary[title].items()]
+    return "\n".join(lines)
+
+
+class DlqMonitor:
+    """One run of dlq_consumer.py: reads the DLQ, selects, counts and prints."""
+
+    def __init__(self, args, settings: KafkaSettings, partitions: int, stop: StopFlag, selection: Selection):
+        self.args = args
+        self.settings = settings
+        self.stop = stop
+        self.codec = DeadLetterCodec(dead_letter_codec())
+        self.selection = selection
+        self.monitor = Monitor(settings.topic, RATE_WINDOW)
+        self.consumer = Consumer(reader_config(settings, f"dlq-monitor-{uuid.uuid4()}"))
+        # Offsets are asked on a client of their own: on the reading one each request would wait
+        # behind the fetch long-polls of the assigned partitions (up to fetch.wait.max.ms each).
+        self.counter = Consumer(reader_config(settings, f"dlq-monitor-{uuid.uuid4()}"))
+        self.start = [TopicPartition(settings.dlq_topic, p, 0) for p in range(partitions)]
+        self.unreadable = 0
+        # Redraw in place only on a terminal: never an escape sequence into a pipe or a file.
+        self.terminal = args.follow and not (args.json or args.jsonl) and sys.stdout.isatty()
+        self.count_warned = False
+        self.count_error: str | None = None
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def handle(self, message) -> bool:
+        """Decode, select, count and print one DLQ message; True when --limit is reached.
+
+        A DLQ holds whatever anyone wrote to it (other tools' dead letters, tombstones, random
+        bytes, hostile headers): a message that cannot be read or shown is counted as unreadable
+        and passed over, never allowed to stop the monitor.
+        """
+        try:
+            return self._handle(read_dead_letter(message, self.codec, self.settings.dlq_topic))
+        except UnreadableRecord as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a dead letter we cannot show is passed over the same way
+            reason = f"{type(exc).__name__}: {exc}"
+            log.debug("showing %s[%d]@%d", message.topic(), message.partition(), message.offset(), exc_info=True)
+        self.unreadable += 1
+        log.warning("%s[%d]@%d is not a dead letter: %s", message.topic(), message.partition(),
+                    message.offset(), reason[:300])
+        return False
+
+    def _handle(self, record: DlqRecord) -> bool:
+        if not self.selection.selects(record):
+            return False
+        dead_letter, failed_at = record.dead_letter, record.failed_at
+        where = f"[{record.partition}@{record.offset}]"
+        line = describe(dead_letter, where, failed_at) if self.args.follow else ""
+        self.monitor.add(dead_letter, failed_at, time.time(), line)
+        if self.args.jsonl:
+            print(json.dumps(as_json(record)), flush=True)
+        elif self.args.json or self.terminal:
+            pass
+        elif self.args.follow:
+            print(line, flush=True)
+        else:
+            print(describe(dead_letter, where, failed_at, detailed=True))
+        return bool(self.args.limit and self.monitor.stats.total >= self.args.limit)
+
+    def count_orders(self) -> None:
+        """The orders topic's size (and what retention deleted of it and of the DLQ), from watermarks."""
+        try:
+            self.monitor.orders = topic_count(self.counter, self.settings.topic)
+            dlq = topic_count(self.counter, self.settings.dlq_topic)
+            self.monitor.dlq_deleted = dlq.deleted if dlq else 0
+        except KafkaException as exc:
+            # Keep the last known figures: a monitor survives a broker blip.
+            self.count_error = f"cannot read the offsets of {self.settings.topic}: {exc.args[0].str()}"
+            if not self.count_warned:
+                log.warning("%s", self.count_error)
+            self.count_warned = True
+            return
+        missing = f"the orders topic {self.settings.topic} does not exist"
+        self.count_error = None if self.monitor.orders is not None else missing
+
+    def read_all(self) -> None:
+        for message in read_to_end(self.consumer, self.start, timeout=120):
+            if self.handle(message):
+                break
+        self.count_orders()
+
+    def follow(self) -> int:
+        """Watch until a signal, --duration or --limit; returns EXIT_ALERT at the first alert."""
+        args = self.args
+        self.consumer.assign(self.start)
+        started = time.monotonic()
+        deadline = started + args.duration if args.duration else None
+        not_at_end = {tp.partition for tp in self.start}
+        next_refresh = started + args.refresh
+        while not self.stop:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wait = min(0.5, next_refresh - now, deadline - now if deadline is not None else 0.5)
+            caught_up = limit_reached = False
+            for message in self.consumer.consume(500, timeout=max(wait, 0.01)):
+                error = message.error()
+                if error is None:
+                    if self.handle(message):
+                        limit_reached = True
+                        break
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    if not_at_end:
+                        not_at_end.discard(message.partition())
+                        caught_up = not not_at_end  # the backlog is read: show it at once
+                elif error.fatal():
+                    raise ToolFailure(f"reading {self.settings.dlq_topic}: {error.str()}")
+                else:
+                    log.warning("reading %s: %s", self.settings.dlq_topic, error.str())
+            if limit_reached:
+                break
+            if caught_up or time.monotonic() >= next_refresh:
+                if self.refresh():
+                    return EXIT_ALERT
+                next_refresh = time.monotonic() + args.refresh
+        return EXIT_ALERT if self.refresh(final=True) else EXIT_OK
+
+    # -- output -----------------------------------------------------------------------------------
+
+    def refresh(self, final: bool = False) -> bool:
+        """Count the orders, update the metrics, show the view; True when the alert fires."""
+        self.count_orders()
+        now = time.time()
+        self.monitor.publish_metrics(now)
+        if self.terminal:
+            size = shutil.get_terminal_size()
+            view = self.monitor.render(now, f"dead letters in {self.settings.dlq_topic}", size.columns, size.lines)
+            sys.stdout.write(CLEAR_SCREEN + "\n".join(view) + "\n")
+            sys.stdout.flush()
+        elif self.args.json and not final:
+            print(json.dumps(self.summary(now)), flush=True)
+        elif not (self.args.json or self.args.jsonl):
+            print(self.monitor.status_line(now), flush=True)
+        return self.alert()
+
+    def summary(self, now: float) -> dict:
+        return {**self.monitor.stats.summary(), **self.monitor.summary_extra(now)}
+
+    def report(self) -> None:
+        """The final statistics (not on a terminal view, whose last frame stays on the screen)."""
+        if self.terminal:
+            return
+        now = time.time()
+        if self.args.json:
+            print(json.dumps(self.summary(now)), flush=True)
+        elif not self.args.jsonl:
+            print(stats_text(self.monitor.stats.summary()))
+            print("\n".join(self.monitor.summary_lines(now)), flush=True)
+
+    def alert(self) -> bool:
+        threshold = self.args.alert_threshold
+        if threshold is None:
+            return False
+        if self.monitor.orders is None:
+            raise ToolFailure(f"cannot check --alert-threshold: {self.count_error or 'no orders count'} "
+                              "(set -t/ORDERS_TOPIC to the topic whose DLQ this is)")
+        message = alert_message(self.monitor.share(), threshold)
+        if message:
+            print(message, file=sys.stderr, flush=True)
+        return message is not None
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.counter.close()

@@ -29,10 +29,9 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from orders_dlq import transactions
-from orders_dlq.codec import DecodeError, dead_letter_codec
+from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import (
     REPLAY_COUNT_HEADER,
-    STAGES,
     DeadLetter,
     DeadLetterCodec,
     without_error_context,
@@ -40,143 +39,14 @@ from orders_dlq.dead_letter import (
 from orders_dlq.errors import ToolFailure, UsageError
 from orders_dlq.kafka import admin_client, read_to_end, reader_config, reliable_producer_config
 from orders_dlq.logs import log
+from orders_dlq.monitor import describe
 from orders_dlq.runtime import Progress, StopFlag
+from orders_dlq.selection import Selection, UnreadableRecord, error_time, read_dead_letter
 from orders_dlq.settings import KafkaSettings
 
 DEFAULT_MAX_REPLAYS = 3
 
 REPLAY, HELD, UNREPLAYABLE, ALREADY_REPLAYED = "replay", "held", "unreplayable", "already_replayed"
-
-
-def parse_time(raw: str) -> datetime:
-    """An ISO-8601 time; without a zone it is local time. Returned timezone-aware."""
-    try:
-        moment = datetime.fromisoformat(raw.strip())
-    except ValueError:
-        raise ValueError(f"{raw!r} is not an ISO-8601 time") from None
-    return moment if moment.tzinfo is not None else moment.astimezone()
-
-
-def parse_offset(raw: str) -> tuple[int | None, int]:
-    """'OFFSET' (every DLQ partition) or 'PARTITION:OFFSET'."""
-    partition, sep, offset = raw.strip().rpartition(":")
-    try:
-        number = int(offset)
-        where = int(partition) if sep else None
-    except ValueError:
-        raise ValueError(f"{raw!r} is not OFFSET or PARTITION:OFFSET") from None
-    if number < 0 or (where is not None and where < 0):
-        raise ValueError(f"{raw!r} must not be negative")
-    return where, number
-
-
-@dataclass
-class Selection:
-    """Which dead letters to replay; every given criterion must hold."""
-
-    reason: str | None = None           # substring of error_reason, case-insensitive
-    stage: str | None = None
-    product: str | None = None
-    original_topic: str | None = None
-    since: datetime | None = None       # error time, inclusive
-    until: datetime | None = None       # error time, exclusive
-    # DLQ offsets, inclusive: (None, n) for every partition, (p, n) for partition p only (and when
-    # only such partition-qualified bounds are given, only the partitions they name are selected).
-    from_offsets: list[tuple[int | None, int]] = field(default_factory=list)
-    to_offsets: list[tuple[int | None, int]] = field(default_factory=list)
-
-    @staticmethod
-    def _bound(bounds: list[tuple[int | None, int]], partition: int) -> int | None:
-        """The bound for a partition: a partition-qualified one wins over an unqualified one."""
-        specific = [offset for where, offset in bounds if where == partition]
-        general = [offset for where, offset in bounds if where is None]
-        return (specific or general or [None])[-1]
-
-    def in_partitions(self, partition: int) -> bool:
-        """Partition-qualified offsets (and no plain ones) limit the selection to the partitions named."""
-        bounds = self.from_offsets + self.to_offsets
-        named = {where for where, _ in bounds if where is not None}
-        return not named or any(where is None for where, _ in bounds) or partition in named
-
-    def matches(self, dead_letter: DeadLetter, partition: int, offset: int, message_time_ms: int | None) -> bool:
-        if not self.in_partitions(partition):
-            return False
-        low = self._bound(self.from_offsets, partition)
-        high = self._bound(self.to_offsets, partition)
-        if (low is not None and offset < low) or (high is not None and offset > high):
-            return False
-        if self.stage and dead_letter.error_stage != self.stage:
-            return False
-        if self.reason and self.reason.lower() not in (dead_letter.error_reason or "").lower():
-            return False
-        if self.product and dead_letter.product != self.product:
-            return False
-        if self.original_topic and dead_letter.original_topic != self.original_topic:
-            return False
-        if self.since or self.until:
-            failed_at = error_time(dead_letter, message_time_ms)
-            if failed_at is None:
-                return False
-            if self.since and failed_at < self.since:
-                return False
-            if self.until and failed_at >= self.until:
-                return False
-        return True
-
-
-def _time_argument(raw: str) -> datetime:
-    return parse_time(raw)
-
-
-_time_argument.__name__ = "ISO-8601 time"  # argparse names the type in its error
-
-
-def _offset_argument(raw: str) -> tuple[int | None, int]:
-    return parse_offset(raw)
-
-
-_offset_argument.__name__ = "[PARTITION:]OFFSET"
-
-
-def add_selection_arguments(parser, offsets: bool) -> None:
-    """The selection flags dlq_consumer.py and dlq_replay.py share (with DLQ offsets for replay)."""
-    select = parser.add_argument_group("selection (all given criteria must hold)")
-    select.add_argument("--reason", help="dead letters whose reason contains this text (case-insensitive)")
-    select.add_argument("--stage", choices=STAGES, help="dead letters of this stage")
-    select.add_argument("--product", help="dead letters of this product")
-    select.add_argument("--original-topic", metavar="TOPIC", help="dead letters that came from this topic")
-    select.add_argument("--since", type=_time_argument, metavar="ISO-TIME",
-                        help="failed at or after this time, e.g. 2026-11-28T09:00 (local time without a zone; "
-                             "2026-11-28T08:00Z or +01:00 name one)")
-    select.add_argument("--until", type=_time_argument, metavar="ISO-TIME", help="failed before this time")
-    if offsets:
-        select.add_argument("--from-offset", type=_offset_argument, action="append", default=[],
-                            metavar="[PARTITION:]OFFSET",
-                            help="DLQ offsets from this one (inclusive), in every partition or in PARTITION; "
-                                 "repeatable")
-        select.add_argument("--to-offset", type=_offset_argument, action="append", default=[],
-                            metavar="[PARTITION:]OFFSET",
-                            help="DLQ offsets up to this one (inclusive), in every partition or in PARTITION; "
-                                 "repeatable")
-
-
-def selection_from_args(args) -> Selection:
-    return Selection(reason=args.reason, stage=args.stage, product=args.product,
-                     original_topic=args.original_topic, since=args.since, until=args.until,
-                     from_offsets=getattr(args, "from_offset", []), to_offsets=getattr(args, "to_offset", []))
-
-
-def error_time(dead_letter: DeadLetter, message_time_ms: int | None) -> datetime | None:
-    """When it failed: error_timestamp, else (headers-only dead letters) when the DLQ got it."""
-    if dead_letter.error_timestamp:
-        try:
-            moment = datetime.fromisoformat(dead_letter.error_timestamp)
-            return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-        except ValueError:
-            pass
-    if message_time_ms is not None and message_time_ms > 0:
-        return datetime.fromtimestamp(message_time_ms / 1000, UTC)
-    return None
 
 
 def replay_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes | None]]:
@@ -262,13 +132,8 @@ class Decision:
                 "replay_count": self.dead_letter.replay_count}
 
     def describe(self) -> str:
-        letter = self.dead_letter
-        if self.action == REPLAY:
-            what = f"replay -> {self.target}"
-        else:
-            what = f"{self.action} ({self.why})"
-        return (f"{self.position}  {what}  order {letter.order_id or '-'}  product {letter.product or '-'}  "
-                f"stage {letter.error_stage}  replays {letter.replay_count}  reason: {letter.error_reason}")
+        what = f"replay -> {self.target}" if self.action == REPLAY else f"{self.action} ({self.why})"
+        return f"{what}: {describe(self.dead_letter, self.position, error_time(self.dead_letter, None))}"
 
 
 @dataclass
@@ -469,18 +334,14 @@ class Replayer:
         partition, offset = message.partition(), message.offset()
         position = f"{self.dlq_topic}[{partition}]@{offset}"
         try:
-            dead_letter = self.codec.decode_message(message.value(), message.headers(), message.key(),
-                                                    self.dlq_topic)
-            timestamp_type, timestamp = message.timestamp()
-            selected = self.options.selection.matches(dead_letter, partition, offset,
-                                                      timestamp if timestamp_type else None)
-        except Exception as exc:  # noqa: BLE001 - any bytes can be in a DLQ: count them, go on
-            detail = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
-            log.warning("%s is not a dead letter (%s): passed over", position, detail[:300])
+            record = read_dead_letter(message, self.codec, self.dlq_topic)
+        except UnreadableRecord as exc:  # any bytes can be in a DLQ: count them, go on
+            log.warning("%s is not a dead letter (%s): passed over", position, str(exc)[:300])
             self._record(partition, offset, "unreadable")
             self.batch_unreplayable.append(position)
             return
-        if not selected:
+        dead_letter = record.dead_letter
+        if not self.options.selection.selects(record):
             self._record(partition, offset, "skipped")
             return
         key = ledger_key(dead_letter, self.dlq_topic, partition, offset)
@@ -653,11 +514,4 @@ def transactional_id(group: str) -> str:
 def validate_options(options: ReplayOptions, dlq_topic: str) -> None:
     if options.to_topic == dlq_topic:
         raise UsageError(f"--to {dlq_topic} would replay the DLQ into itself")
-    selection = options.selection
-    if selection.since and selection.until and selection.since >= selection.until:
-        raise UsageError("--since must be before --until")
-    highs = dict(selection.to_offsets)
-    for where, low in selection.from_offsets:
-        if where in highs and low > highs[where]:
-            raise UsageError(f"--from-offset {low} is after --to-offset {highs[where]}"
-                             + (f" for partition {where}" if where is not None else ""))
+    options.selection.validate()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -95,38 +93,6 @@ class Aggregate:
                    {name: Totals.from_json(t) for name, t in data["products"].items()})
 
 
-@dataclass
-class PartitionState:
-    """The aggregate of one input partition up to (excluding) next_offset: the changelog's unit."""
-
-    next_offset: int
-    aggregate: Aggregate = field(default_factory=Aggregate)
-    # The input topic's id when this state was written: a topic deleted and created again under
-    # the same name has another id, and its offsets start over.
-    topic_id: str | None = None
-    # The committed offset the unit of work that wrote this state started from. At-least-once
-    # writes the state before the offsets, so after a crash the group's committed offset is this
-    # one; any other offset below next_offset was set by someone else (an offset reset).
-    unit_start: int | None = None
-
-    def encode(self) -> bytes:
-        extra = {}
-        if self.topic_id is not None:
-            extra["topic_id"] = self.topic_id
-        if self.unit_start is not None:
-            extra["unit_start"] = self.unit_start
-        return json.dumps({"next_offset": self.next_offset, **extra, **self.aggregate.summary()},
-                          separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> PartitionState:
-        raw = json.loads(data)
-        return cls(raw["next_offset"], Aggregate.from_summary(raw), raw.get("topic_id"), raw.get("unit_start"))
-
-    def copy(self) -> PartitionState:
-        return PartitionState.decode(self.encode())
-
-
 class LatencyReservoir:
     """A bounded uniform sample (reservoir sampling) of latencies in ms: memory stays flat however many orders."""
 
@@ -159,48 +125,3 @@ def combine(states) -> Aggregate:
     for state in states:
         combined.merge(state.aggregate)
     return combined
-
-
-def reason_category(reason: str) -> str:
-    """The rule part of a reason ("price must be positive: -3.00" counts as "price must be positive")."""
-    return reason.split(": ", 1)[0]
-
-
-class DeadLetterStats:
-    """Counts of dead letters by reason, stage, original topic, product and retry count."""
-
-    def __init__(self):
-        self.total = 0
-        self.by_reason: Counter = Counter()
-        self.by_stage: Counter = Counter()
-        self.by_original_topic: Counter = Counter()
-        self.by_product: Counter = Counter()
-        self.retry_counts: Counter = Counter()
-        self.first_error: str | None = None
-        self.last_error: str | None = None
-
-    def add(self, dead_letter) -> None:
-        self.total += 1
-        self.by_reason[reason_category(dead_letter.error_reason)] += 1
-        self.by_stage[dead_letter.error_stage] += 1
-        self.by_original_topic[dead_letter.original_topic] += 1
-        self.by_product[dead_letter.product or "(unknown)"] += 1
-        self.retry_counts[str(dead_letter.retry_count)] += 1
-        stamp = dead_letter.error_timestamp or None
-        if stamp:
-            self.first_error = min(filter(None, (self.first_error, stamp)))
-            self.last_error = max(filter(None, (self.last_error, stamp)))
-
-    def summary(self) -> dict:
-        def ordered(counter):
-            return dict(counter.most_common())
-        return {
-            "total": self.total,
-            "by_reason": ordered(self.by_reason),
-            "by_stage": ordered(self.by_stage),
-            "by_original_topic": ordered(self.by_original_topic),
-            "by_product": ordered(self.by_product),
-            "retry_counts": dict(sorted(self.retry_counts.items(), key=lambda kv: int(kv[0]))),
-            "first_error": self.first_error,
-            "last_error": self.last_error,
-        }

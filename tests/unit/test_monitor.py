@@ -17,11 +17,11 @@ from orders_dlq.monitor import (
     TopicCount,
     alert_message,
     compute_share,
-    describe_line,
+    describe,
     format_age,
     format_percent,
 )
-from orders_dlq.replay import Selection, error_time, parse_time
+from orders_dlq.selection import Selection, error_time, parse_time
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC).timestamp()
 
@@ -136,7 +136,7 @@ def filled_monitor() -> Monitor:
              datetime(2026, 11, 28, 13, 59, 40, tzinfo=timezone(timedelta(hours=2)))]  # 11:59:40 UTC
     for index, failed_at in enumerate(times):
         dead_letter = letter(reason=f"price must be positive: -{index}.00", stamp=failed_at.isoformat())
-        monitor.add(dead_letter, failed_at, NOW, describe_line(dead_letter, 0, index, failed_at))
+        monitor.add(dead_letter, failed_at, NOW, describe(dead_letter, f"[0@{index}]", failed_at))
     produce = letter(stage="produce", reason="Kafka broker unavailable after 3 attempt(s): timed out", stamp="")
     monitor.add(produce, None, NOW, "")
     monitor.orders = TopicCount(36)
@@ -198,10 +198,13 @@ def test_unknown_share_is_said_so():
     assert "no orders in the topic" in monitor.status_line(NOW)
 
 
-def test_describe_line_is_utc_and_single_line():
+def test_describe_is_utc_and_single_line_unless_detailed():
     failed_at = datetime(2026, 11, 28, 13, 0, tzinfo=timezone(timedelta(hours=1)))
-    line = describe_line(letter(order_id="o-1", product="Toffee"), 2, 17, failed_at)
+    dead_letter = letter(order_id="o-1", product="Toffee")
+    line = describe(dead_letter, "[2@17]", failed_at)
     assert line == "[2@17] 2026-11-28T12:00:00Z validate: unknown product: 'X'  order o-1  product Toffee"
+    first, second = describe(dead_letter, "[2@17]", failed_at, detailed=True).split("\n")
+    assert first == line and second.startswith("    price ") and f"by {dead_letter.failed_by}" in second
 
 
 # -- --since / --until: real times, whatever the zone ----------------------------------------------------

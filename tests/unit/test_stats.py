@@ -8,8 +8,10 @@ from decimal import Decimal
 
 import pytest
 
-from orders_dlq.dead_letter import DeadLetter
-from orders_dlq.stats import Aggregate, DeadLetterStats, PartitionState, Totals, combine, reason_category
+from orders_dlq.changelog import PartitionState
+from orders_dlq.dead_letter import DeadLetter, reason_category
+from orders_dlq.monitor import DeadLetterStats
+from orders_dlq.stats import Aggregate, Totals, combine
 
 D = Decimal
 
