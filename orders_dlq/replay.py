@@ -133,7 +133,7 @@ class Decision:
 
     def describe(self) -> str:
         what = f"replay -> {self.target}" if self.action == REPLAY else f"{self.action} ({self.why})"
-        return f"{what}: {describe(self.dead_letter, self.position, error_time(self.dead_letter, None))}"
+        return describe(self.dead_letter, f"{self.position}  {what} ", error_time(self.dead_letter, None))
 
 
 @dataclass
