@@ -1,0 +1,71 @@
+"""Selecting dead letters by DLQ offset: --from-offset / --to-offset, per partition or for all."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from orders_dlq.dead_letter import DeadLetter
+from orders_dlq.errors import UsageError
+from orders_dlq.selection import Selection, add_selection_arguments, parse_offset, selection_from_args
+
+LETTER = DeadLetter(error_reason="unknown product: 'X'", error_type="InvalidOrder", error_stage="validate",
+                    original_topic="orders", failed_by="test")
+
+
+def selected(selection: Selection, partition: int, offset: int) -> bool:
+    return selection.matches(LETTER, partition, offset, None)
+
+
+@pytest.mark.parametrize("raw, parsed", [("17", (None, 17)), ("2:0", (2, 0)), (" 3:40 ", (3, 40)), ("0", (None, 0))])
+def test_offsets_parse_with_or_without_a_partition(raw, parsed):
+    assert parse_offset(raw) == parsed
+
+
+@pytest.mark.parametrize("raw", ["", "x", "1:x", "-1", "1:-5", "-2:5", "1:2:3", "1.5"])
+def test_bad_offsets_are_refused(raw):
+    with pytest.raises(ValueError):
+        parse_offset(raw)
+
+
+def test_bounds_are_inclusive_in_every_partition():
+    selection = Selection(from_offsets=[(None, 10)], to_offsets=[(None, 20)])
+    assert [offset for offset in range(30) if selected(selection, 0, offset)] == list(range(10, 21))
+    assert selected(selection, 5, 10) and selected(selection, 5, 20) and not selected(selection, 5, 21)
+
+
+def test_a_partition_bound_wins_over_the_general_one_for_that_partition_only():
+    selection = Selection(from_offsets=[(None, 10), (1, 50)])
+    assert selected(selection, 0, 10) and not selected(selection, 0, 9)
+    assert not selected(selection, 1, 49) and selected(selection, 1, 50)
+
+
+def test_only_partition_bounds_limit_the_selection_to_the_partitions_named():
+    selection = Selection(from_offsets=[(2, 5)], to_offsets=[(3, 7)])
+    assert not selected(selection, 0, 6)
+    assert selected(selection, 2, 5) and not selected(selection, 2, 4)
+    assert selected(selection, 3, 0) and selected(selection, 3, 7) and not selected(selection, 3, 8)
+
+
+def test_no_bounds_select_every_offset_of_every_partition():
+    assert all(selected(Selection(), partition, offset) for partition in range(3) for offset in (0, 1, 10**12))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--from-offset", "30", "--to-offset", "20"], "--from-offset 30 is after --to-offset 20"),
+    (["--from-offset", "1:30", "--to-offset", "1:20"], "for partition 1"),
+    (["--since", "2026-11-28T10:00Z", "--until", "2026-11-28T10:00Z"], "--since must be before --until"),
+])
+def test_a_contradictory_selection_is_one_usage_error(flags, message):
+    parser = argparse.ArgumentParser()
+    add_selection_arguments(parser, offsets=True)
+    with pytest.raises(UsageError, match=message):
+        selection_from_args(parser.parse_args(flags))
+
+
+def test_bounds_of_different_partitions_do_not_contradict_each_other():
+    parser = argparse.ArgumentParser()
+    add_selection_arguments(parser, offsets=True)
+    selection = selection_from_args(parser.parse_args(["--from-offset", "0:30", "--to-offset", "1:20"]))
+    assert selected(selection, 0, 30) and selected(selection, 1, 20) and not selected(selection, 1, 21)
