@@ -114,30 +114,27 @@ def parse_client_overrides(pairs: list[str], origin: str) -> dict[str, str]:
     return overrides
 
 
-def positive(kind: type):
-    """An argparse/env parser for a number > 0."""
+def _finite_number(kind: type, name: str, accepts: Callable[[float], bool], rule: str):
+    """An argparse/env parser for a finite number of `kind` that `accepts` (NaN never does)."""
     def parse(raw):
         value = kind(raw)
-        if not value > 0:  # also refuses NaN
-            raise ValueError(f"must be greater than 0, got {raw}")
+        if not accepts(value):
+            raise ValueError(f"{rule}, got {raw}")
         if value == math.inf:
             raise ValueError(f"must be finite, got {raw}")
         return value
-    parse.__name__ = f"positive {kind.__name__}"
+    parse.__name__ = f"{name} {kind.__name__}"
     return parse
+
+
+def positive(kind: type):
+    """A number > 0."""
+    return _finite_number(kind, "positive", lambda value: value > 0, "must be greater than 0")
 
 
 def non_negative(kind: type):
-    """An argparse/env parser for a number >= 0."""
-    def parse(raw):
-        value = kind(raw)
-        if not value >= 0:  # also refuses NaN
-            raise ValueError(f"must not be negative, got {raw}")
-        if value == math.inf:
-            raise ValueError(f"must be finite, got {raw}")
-        return value
-    parse.__name__ = f"non-negative {kind.__name__}"
-    return parse
+    """A number >= 0."""
+    return _finite_number(kind, "non-negative", lambda value: value >= 0, "must not be negative")
 
 
 def ratio(raw) -> float:
