@@ -1,4 +1,4 @@
-"""Exact running aggregates of orders, per input partition, and statistics of dead letters."""
+"""Exact running aggregates of orders (decimal money, per product) and a bounded latency sample."""
 
 from __future__ import annotations
 
