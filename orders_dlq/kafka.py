@@ -11,27 +11,36 @@ from orders_dlq.errors import ToolFailure
 from orders_dlq.logs import librdkafka_logger, log
 from orders_dlq.settings import KafkaSettings
 
-_last_error_logged: dict[str, float] = {}
-_last_error: list[KafkaError | None] = [None]  # the latest cluster-level error, to explain a failure
-_quiet = [False]  # while set, errors are recorded, not logged (the caller reports them in one sentence)
 DEAD_LETTER_MAX_BYTES = 4 * 1024 * 1024
 # Connection errors that mean "a broker answered but refused us", not "nothing is there".
 REFUSAL_WORDS = ("SASL", "SSL", "handshake", "uthenticat", "certificate")
 
 
-def log_client_error(error: KafkaError) -> None:
-    """error_cb: librdkafka's cluster-level errors, each kind logged at most every 10 seconds."""
-    now = time.monotonic()
-    name = error.name()
-    if error.code() != KafkaError._ALL_BROKERS_DOWN:  # a summary: the error before it says why
-        _last_error[0] = error
-    if not _quiet[0] and now - _last_error_logged.get(name, 0) >= 10:
-        _last_error_logged[name] = now
-        log.warning("kafka: %s", error.str())
+class ClientErrors:
+    """An error_cb: librdkafka's cluster-level errors (broker down, refused, ...), each kind logged at
+    most every 10 seconds unless `quiet`, the latest kept to explain a failure in one sentence."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.last: KafkaError | None = None
+        self._logged_at: dict[str, float] = {}
+
+    def __call__(self, error: KafkaError) -> None:
+        if error.code() != KafkaError._ALL_BROKERS_DOWN:  # a summary: the error before it says why
+            self.last = error
+        now = time.monotonic()
+        if not self.quiet and now - self._logged_at.get(error.name(), 0) >= 10:
+            self._logged_at[error.name()] = now
+            log.warning("kafka: %s", error.str())
 
 
-def common_client_config() -> dict:
-    return {"error_cb": log_client_error, "logger": librdkafka_logger()}
+# The clients of one script share one: a broker outage is one warning per kind every 10 s, not
+# one per client.
+SHARED_ERRORS = ClientErrors()
+
+
+def common_client_config(errors: ClientErrors = SHARED_ERRORS) -> dict:
+    return {"error_cb": errors, "logger": librdkafka_logger()}
 
 
 def reliable_producer_config(settings: KafkaSettings, delivery_timeout: float, **extra) -> dict:
@@ -79,14 +88,14 @@ def reachable(client, timeout: float) -> bool:
 
 def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClient:
     """An admin client for a cluster that answers, or one sentence saying it does not."""
-    admin = admin_client(settings)
+    # Its errors are not logged: when the cluster does not answer, they make the one sentence.
+    errors = ClientErrors(quiet=True)
+    admin = AdminClient(settings.client_config(**common_client_config(errors)))
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException:
-        _quiet[0] = True
         admin.poll(0)  # serve the error events queued meanwhile (error_cb runs only from poll)
-        _quiet[0] = False
-        last = _last_error[0]
+        last = errors.last
         if last is not None and any(word in last.str() for word in REFUSAL_WORDS):
             # The broker answered but refused us: authentication, TLS, protocol. Say that, not "down".
             raise ToolFailure(f"Kafka at {settings.bootstrap_servers} refused the connection: {last.str()} "
@@ -95,6 +104,7 @@ def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClie
             f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:g}s "
             "(is the broker running? try `make kafka-up`, or set KAFKA_BOOTSTRAP_SERVERS)"
         ) from None
+    errors.quiet = False  # it answered: from now on its errors are logged like any client's
     return admin
 
 
