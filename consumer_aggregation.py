@@ -108,8 +108,11 @@ def main(argv=None) -> int:
     admin = require_cluster(settings)
 
     if args.report:
-        require_topics(admin, [settings.topic, state_topic])
-        aggregate = combine(read_states(settings, state_topic, group, settings.topic).values())
+        partitions = set(range(require_topics(admin, [settings.topic, state_topic])[settings.topic]))
+        # Each partition's latest state from the tail of its changelog partition; a whole scan only
+        # for partitions not found there (written before the changelog was co-partitioned).
+        aggregate = combine(read_states(settings, state_topic, group, settings.topic, partitions,
+                                        co_partitioned=True, scan_for=partitions).values())
         print(json.dumps(aggregate.summary()) if args.json else summary_text(aggregate))
         return EXIT_OK
 

@@ -36,7 +36,7 @@ import limits  # bench/limits.py, beside this file
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from orders_dlq import local_kafka
-from orders_dlq.changelog import PartitionState, parse_state_key
+from orders_dlq.changelog import PartitionState, parse_state_key, read_states, state_key
 from orders_dlq.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ CASES = (
     "consumer_at_least_once_poison_1pct", "consumer_exactly_once_poison_1pct",
     "limit_dead_letter_forward", "dead_letter_at_least_once", "dead_letter_exactly_once",
     "latency_exactly_once", "latency_at_least_once",
-    "memory_1m",
+    "memory_1m", "restore",
 )
 
 
@@ -344,6 +344,51 @@ class Bench:
         else:
             self.results["memory_1m"]["skipped"] = "run with --full"
 
+        commits = int(a.restore_hours * 3600 * 10)  # 10 commits/s, the default 100 ms interval
+        for partitions in (6, 24):
+            self.log(f"restore: {partitions} partitions x {commits:,} commits, then one partition restored")
+            self.guarded("restore", restore_case, self, partitions, commits)
+
+
+# -- restore: what an assignment costs with hours of uncompacted commits ---------------------------
+
+def restore_case(bench: Bench, partitions: int, commits: int) -> dict:
+    """A changelog holding `commits` commits of every partition (as one hour at 10 commits/s would
+    before compaction, segment.ms = 1 h), then the restore of one assigned partition, co-partitioned
+    (its changelog partition's tail) and as a whole scan of the changelog (the earlier design)."""
+    topic = f"bench-restore-{uuid.uuid4().hex[:8]}"
+    bench.scripts.run([script("setup_dlq.py"), "-t", topic, "--partitions", str(partitions)])
+    state_topic, group = f"{topic}.aggregates", "bench-restore"
+    producer = confluent_kafka.Producer({"bootstrap.servers": bench.bootstrap, "linger.ms": 50,
+                                         "enable.idempotence": True})
+    started = time.monotonic()
+    for commit in range(commits):
+        for partition in range(partitions):
+            state = PartitionState(commit + 1).encode()
+            while True:
+                try:
+                    producer.produce(state_topic, partition=partition, key=state_key(group, topic, partition),
+                                     value=state)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        producer.poll(0)
+    if producer.flush(120):
+        raise BenchError("the simulated changelog was not written")
+    written_s = time.monotonic() - started
+    settings = KafkaSettings(bench.bootstrap, topic, f"{topic}.DLQ")
+    timings = {}
+    for name, co_partitioned in (("assigned_restore_s", True), ("whole_scan_s", False)):
+        began = time.monotonic()
+        states = read_states(settings, state_topic, group, topic, {0}, timeout=600, co_partitioned=co_partitioned)
+        timings[name] = time.monotonic() - began
+        if states.get(0) is None or states[0].next_offset != commits:
+            raise BenchError(f"restore ({name}) found {states.get(0)} instead of next_offset {commits}")
+    run = {"partitions": partitions, "commits_per_partition": commits, "records": partitions * commits,
+           "written_s": round(written_s, 1), **{k: round(v, 3) for k, v in timings.items()}}
+    bench.record("restore", run)
+    return run
+
 
 # -- latency measurement from outside ----------------------------------------------------------
 
@@ -544,7 +589,7 @@ def table(report: dict) -> str:
     }
     for name in CASES:
         case = results[name]
-        if name.startswith("latency") or name == "memory_1m":
+        if name.startswith("latency") or name in ("memory_1m", "restore"):
             continue
         med = case["median"]
         ratio = case.get("ratio_to_limit")
@@ -570,6 +615,10 @@ def table(report: dict) -> str:
         parts = [f"producer.py {memory['producer']['maxrss_mb']:.1f} MB"]
         parts += [f"consumer {run.get('guarantee', '?')} {run['maxrss_mb']:.1f} MB" for run in memory["runs"]]
         lines.append("memory_1m (1,000,000 orders): " + ", ".join(parts))
+    for run in results["restore"]["runs"]:
+        lines.append(f"restore of 1 assigned partition, {run['partitions']} partitions x "
+                     f"{run['commits_per_partition']:,} commits ({run['records']:,} records): co-partitioned "
+                     f"{run['assigned_restore_s']:.2f} s, whole-changelog scan {run['whole_scan_s']:.2f} s")
     lines += ["", f"{'target':<62} {'value':>10} {'goal':>9}  status"]
     for t in report["targets"]:
         value = t["value"]
@@ -606,11 +655,14 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true", help="2k orders, 1 repeat, no 1M case: a smoke run")
     parser.add_argument("--full", action="store_true", help="also the 1M-order memory case")
     parser.add_argument("--json-out", type=Path, default=BENCH / "results.json", help="default bench/results.json")
+    parser.add_argument("--restore-hours", type=float, default=1.0,
+                        help="hours of commits (10/s per partition) in the restore case's changelog (default 1)")
     parser.add_argument("--list", action="store_true", help="print the names of the cases, one a line, and exit")
     args = parser.parse_args(argv)
     if args.tiny:
         args.count, args.repeat, args.original_count = 2000, 1, 200
         args.latency_seconds, args.idle_timeout, args.full, args.warmup = 0.4, 1.0, False, 0
+        args.restore_hours = 0.01
     args.dlq_count = args.dlq_count or max(1, args.count // 4)
     return args
 

@@ -70,6 +70,22 @@ def topic_id(settings: KafkaSettings, topic: str) -> str | None:
         return None
 
 
+def require_co_partitioned(client, topic: str, state_topic: str) -> None:
+    """The changelog must have as many partitions as the orders topic (partition p holds partition
+    p's state, like a Kafka Streams changelog), or one sentence says how to fix it."""
+    try:
+        metadata = client.list_topics(timeout=10)
+    except KafkaException as exc:
+        raise ToolFailure(f"cannot read the metadata of {topic} and {state_topic}: {exc.args[0].str()}") from None
+    counts = {name: len(metadata.topics[name].partitions) for name in (topic, state_topic)
+              if name in metadata.topics and metadata.topics[name].error is None}
+    if len(counts) == 2 and counts[topic] != counts[state_topic]:
+        fix = ("run `python setup_dlq.py --apply` to add partitions to it" if counts[state_topic] < counts[topic]
+               else "Kafka cannot remove partitions: give this group a changelog with as many (--state-topic)")
+        raise ToolFailure(f"the changelog {state_topic} has {counts[state_topic]} partition(s) but {topic} has "
+                          f"{counts[topic]}: partition p of the changelog must hold partition p's totals; {fix}")
+
+
 class CommitFailed(Exception):
     """The unit of work could not be committed; it must be rolled back and redone."""
 
@@ -132,6 +148,7 @@ class OrderAggregator:
         self.dead_letters = DeadLetterProducer(settings, producer=self.producer)
         self.renewals: list[float] = []  # when the transactional producer had to be replaced
         self.topic_id = topic_id(settings, self.topic)
+        require_co_partitioned(self.consumer, self.topic, self.state_topic)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -322,7 +339,9 @@ class OrderAggregator:
                 state = self.states[partition]
                 state.topic_id = self.topic_id
                 state.unit_start = self.committed[partition].next_offset
-                transactions.produce(self.producer, self.state_topic,
+                # Partition p's state goes to the changelog's partition p: a restore reads only
+                # the partitions it was assigned, and an open transaction holds back only those.
+                transactions.produce(self.producer, self.state_topic, partition=partition,
                                      key=state_key(self.group, self.topic, partition),
                                      value=self.states[partition].encode(),
                                      on_delivery=None if self.exactly_once else self.delivery_errors)
@@ -513,8 +532,13 @@ class OrderAggregator:
         which the coordinator aborts after transaction.timeout.ms). Wait for it.
         """
         deadline = time.monotonic() + timeout
+        # A partition the group has committed but whose state is not at its changelog partition's
+        # tail was written before co-partitioning: looked for once in the whole changelog.
+        scan_for = {p for p, offset in committed.items() if offset >= 0}
         while True:
-            restored = read_states(self.settings, self.state_topic, self.group, self.topic, set(committed))
+            restored = read_states(self.settings, self.state_topic, self.group, self.topic, set(committed),
+                                   co_partitioned=True, scan_for=scan_for)
+            scan_for = set()
             behind = sorted(p for p, offset in committed.items()
                             if offset >= 0 and (p not in restored or restored[p].next_offset < offset))
             if not behind:

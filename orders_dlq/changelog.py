@@ -21,6 +21,10 @@ from orders_dlq.logs import log
 from orders_dlq.settings import KafkaSettings
 from orders_dlq.stats import Aggregate
 
+# A co-partitioned restore reads this many records at the end of each changelog partition first
+# (one commit writes one record per partition it covers), then 8 times as many, and so on.
+TAIL_WINDOW = 512
+
 
 @dataclass
 class PartitionState:
@@ -70,37 +74,89 @@ def parse_state_key(key: bytes | None) -> tuple[str, str, int] | None:
     return None
 
 
+class _StateScan:
+    """Folds changelog records into the latest state per partition of one (group, topic).
+
+    Anyone can write to the changelog topic: a record that is not ours (a foreign key, corrupt
+    bytes) is counted and passed over. A corrupt record under one of *our* keys leaves the previous
+    state in place, which the restore then finds older than the committed offset: it refuses to
+    count twice rather than guess."""
+
+    def __init__(self, group: str, topic: str, partitions: set[int] | None, co_partitioned: bool):
+        self.group, self.topic, self.partitions, self.co_partitioned = group, topic, partitions, co_partitioned
+        self.states: dict[int, PartitionState] = {}
+        self.seen: set[int] = set()  # partitions whose latest record (state or tombstone) was read
+        self.unreadable = 0
+
+    def add(self, message) -> None:
+        key = parse_state_key(message.key())
+        if key is None:
+            self.unreadable += 1
+            return
+        group, topic, partition = key
+        if group != self.group or topic != self.topic or (self.partitions is not None
+                                                         and partition not in self.partitions):
+            return
+        if self.co_partitioned and partition != message.partition():
+            return  # written before the changelog was co-partitioned: the full scan's to find
+        self.seen.add(partition)
+        if message.value() is None:
+            self.states.pop(partition, None)  # a tombstone: that partition's state was deleted on purpose
+            return
+        try:
+            self.states[partition] = PartitionState.decode(message.value())
+        except Exception:  # noqa: BLE001 - see the class
+            self.unreadable += 1
+
+
 def read_states(settings: KafkaSettings, state_topic: str, group: str, topic: str,
-                partitions: set[int] | None = None, timeout: float = 60.0) -> dict[int, PartitionState]:
-    """The latest committed state of each partition of `topic` for `group`, from the changelog."""
+                partitions: set[int] | None = None, timeout: float = 60.0, co_partitioned: bool = False,
+                scan_for: set[int] | None = None) -> dict[int, PartitionState]:
+    """The latest committed state of each partition of `topic` for `group`, from the changelog.
+
+    Co-partitioned (partition p of the changelog holds partition p's state), each partition is read
+    from its tail backwards in growing windows until its latest record is found: the cost follows
+    the distance to the group's last commit, not the hours of history compaction has not removed
+    yet. Partitions of `scan_for` not found that way (a changelog written before co-partitioning)
+    are looked for in a full scan. Otherwise the whole changelog is read from the beginning."""
     reader = Consumer(reader_config(settings, f"{group}-restore-{uuid.uuid4()}"))
     try:
         metadata = reader.list_topics(state_topic, timeout=10).topics.get(state_topic)
         if metadata is None or metadata.error is not None:
             raise ToolFailure(f"state topic {state_topic} does not exist: run `python setup_dlq.py` first")
-        start = [TopicPartition(state_topic, p, 0) for p in metadata.partitions]
-        states = {}
-        unreadable = 0
-        for message in read_to_end(reader, start, timeout):
-            # Anyone can write to the changelog topic: a record that is not ours (a foreign key, a
-            # tombstone, corrupt bytes) is counted and passed over. A corrupt record under one of
-            # *our* keys leaves the previous state in place, which the restore then finds older than
-            # the committed offset: it refuses to count twice rather than guess.
-            key = parse_state_key(message.key())
-            if key is None:
-                unreadable += 1
-                continue
-            if key[0] != group or key[1] != topic or (partitions is not None and key[2] not in partitions):
-                continue
-            if message.value() is None:
-                states.pop(key[2], None)  # a tombstone: that partition's state was deleted on purpose
-                continue
-            try:
-                states[key[2]] = PartitionState.decode(message.value())
-            except Exception:  # noqa: BLE001 - see above
-                unreadable += 1
-        if unreadable:
-            log.warning("%s: %d record(s) that are not aggregation states were passed over", state_topic, unreadable)
-        return states
+        scan = _StateScan(group, topic, partitions, co_partitioned)
+        if co_partitioned:
+            wanted = set(metadata.partitions) if partitions is None else partitions & set(metadata.partitions)
+            _read_tails(reader, state_topic, wanted, scan, timeout)
+            missing = (scan_for or set()) - scan.seen
+            if missing:
+                legacy = _StateScan(group, topic, missing, co_partitioned=False)
+                for message in read_to_end(reader, [TopicPartition(state_topic, p, 0) for p in metadata.partitions],
+                                           timeout):
+                    legacy.add(message)
+                scan.states.update(legacy.states)
+                scan.unreadable += legacy.unreadable
+        else:
+            for message in read_to_end(reader, [TopicPartition(state_topic, p, 0) for p in metadata.partitions],
+                                       timeout):
+                scan.add(message)
+        if scan.unreadable:
+            log.warning("%s: %d record(s) that are not aggregation states were passed over", state_topic,
+                        scan.unreadable)
+        return scan.states
     finally:
         reader.close()
+
+
+def _read_tails(reader: Consumer, state_topic: str, partitions: set[int], scan: _StateScan, timeout: float) -> None:
+    """Read each partition's last TAIL_WINDOW records, then 8 times as many, ... until its latest
+    record of ours is found or the partition was read from its beginning."""
+    bounds = {p: reader.get_watermark_offsets(TopicPartition(state_topic, p), timeout=10) for p in partitions}
+    searching = {p for p in partitions if bounds[p][1] > bounds[p][0]}  # an empty partition holds nothing
+    window = TAIL_WINDOW
+    while searching:
+        starts = {p: max(bounds[p][0], bounds[p][1] - window) for p in searching}
+        for message in read_to_end(reader, [TopicPartition(state_topic, p, o) for p, o in starts.items()], timeout):
+            scan.add(message)  # in offset order: the last record of ours in a partition is its latest
+        searching = {p for p in searching if p not in scan.seen and starts[p] > bounds[p][0]}
+        window *= 8

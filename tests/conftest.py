@@ -259,9 +259,11 @@ def encode_order(order: dict) -> bytes:
     return buffer.getvalue()
 
 
-def a_valid_order(price="12.34", product="Toffee") -> dict:
+def a_valid_order(price="12.34", product="Toffee", **fields) -> dict:
+    """The one order builder of the tests: a valid order as the Avro record holds it (fields may be
+    overridden, or made invalid)."""
     return {"order_id": str(uuid.uuid4()), "product": product, "price": Decimal(price),
-            "created_at": datetime.now(UTC)}
+            "created_at": datetime.now(UTC), **fields}
 
 
 def classify(value: bytes | None):
@@ -336,12 +338,6 @@ def private_pipeline(private_kafka, tmp_path) -> Pipeline:
     pipeline = Pipeline(private_kafka.bootstrap, Scripts(private_kafka.bootstrap, tmp_path))
     pipeline.setup()
     return pipeline
-
-
-def order(price="12.34", product="Toffee", **fields) -> dict:
-    """One valid order as the Avro record holds it (fields may be overridden or made invalid)."""
-    return {"order_id": str(uuid.uuid4()), "product": product, "price": Decimal(price),
-            "created_at": datetime.now(UTC), **fields}
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from decimal import Decimal
 import fastavro
 import pytest
 from confluent_kafka import Producer
-from conftest import ORDER_SCHEMA, ROOT, Pipeline, order
+from conftest import ORDER_SCHEMA, ROOT, Pipeline
+from conftest import a_valid_order as order
 
 pytestmark = pytest.mark.integration
 

@@ -38,6 +38,9 @@ def test_tiny_bench_runs_every_case_and_writes_json(kafka_bootstrap, tmp_path):
         assert not case.get("errors"), (name, case.get("errors"))
         if name == "memory_1m":
             assert case["skipped"]  # --tiny never runs the 1M case
+        elif name == "restore":  # once per changelog size, each found the latest state (or it is an error)
+            assert sorted(run["partitions"] for run in case["runs"]) == [6, 24]
+            assert all(run["commits_per_partition"] > 0 for run in case["runs"])
         else:
             assert len(case["runs"]) == 1, name
     assert {t["status"] for t in report["targets"]} <= {"PASS", "MISS", "n/a"}

@@ -13,8 +13,7 @@ import fastavro
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import NewTopic
-from conftest import ORDER_SCHEMA, PRODUCTS, Pipeline, classify, wait_for
-from conftest import order as an_order
+from conftest import ORDER_SCHEMA, PRODUCTS, Pipeline, a_valid_order, classify, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -173,7 +172,7 @@ def test_dry_run_lists_the_selection_and_sends_and_commits_nothing(pipeline: Pip
 
 
 def test_spring_style_dead_letter_is_replayed_to_its_original_topic(pipeline: Pipeline):
-    order = an_order("7.25", "Fudge")
+    order = a_valid_order("7.25", "Fudge")
     original_time = int(time.time() * 1000) - 3_600_000
     headers = [
         ("trace", b"abc"),
