@@ -106,6 +106,7 @@ class AvroCodec:
 
     def __init__(self, file_name: str, directory: Path | None = None):
         raw = load_schema(file_name, directory)
+        self.schema = raw  # as the file says it
         self.field_names = [field["name"] for field in raw["fields"]]
         self._read_schema = fastavro.parse_schema(_without_checked_logical_types(raw))
         # Decimals are read as bytes and converted by decimal_from_bytes: fastavro's conversion is
@@ -154,13 +155,15 @@ PRICE_SCALE = 2
 _ONE_BYTE = [bytes((n,)) for n in range(128)]
 
 
-def _length(size: int) -> bytes:
+def avro_length(size: int) -> bytes:
     """The zig-zag varint of a string or bytes length: one byte below 64."""
-    return _ONE_BYTE[size << 1] if size < 64 else _varint(size)
+    return _ONE_BYTE[size << 1] if size < 64 else avro_long(size)
 
 
-def _varint(value: int) -> bytes:
+def avro_long(value: int) -> bytes:
     """Avro's zig-zag variable-length encoding of an int or long."""
+    if 0 <= value < 64:
+        return _ONE_BYTE[value << 1]  # counts, small partitions: one byte
     value = (value << 1) ^ (value >> 63)
     out = bytearray()
     while value > 0x7F:
@@ -168,6 +171,20 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def avro_decimal(unscaled: int) -> bytes:
+    """A decimal's unscaled value as Avro bytes: big-endian two's complement, as long as fastavro writes it."""
+    return unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
+
+
+def unscaled_cents(price) -> int:
+    """A price with at most two decimal places as an integer number of cents."""
+    numerator, denominator = price.as_integer_ratio()
+    unscaled, remainder = divmod(numerator * 10**PRICE_SCALE, denominator)
+    if remainder:
+        raise ValueError(f"price {price} has more than {PRICE_SCALE} decimal places")
+    return unscaled
 
 
 class OrderCodec(AvroCodec):
@@ -190,14 +207,9 @@ class OrderCodec(AvroCodec):
             return super().encode(record)
         order_id = record["order_id"].encode()
         product = record["product"].encode()
-        numerator, denominator = record["price"].as_integer_ratio()
-        unscaled, remainder = divmod(numerator * 10**PRICE_SCALE, denominator)
-        if remainder:
-            raise ValueError(f"price {record['price']} has more than {PRICE_SCALE} decimal places")
-        # Decimal as Avro bytes: big-endian two's complement, as long as fastavro writes it.
-        price = unscaled.to_bytes((abs(unscaled).bit_length() + 8) // 8, "big", signed=True)
-        return b"".join((_length(len(order_id)), order_id, _length(len(product)), product,
-                         _length(len(price)), price, _varint(record["created_at"])))
+        price = avro_decimal(unscaled_cents(record["price"]))
+        return b"".join((avro_length(len(order_id)), order_id, avro_length(len(product)), product,
+                         avro_length(len(price)), price, avro_long(record["created_at"])))
 
 
 def order_codec(directory: Path | None = None) -> AvroCodec:

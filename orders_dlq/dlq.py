@@ -40,6 +40,9 @@ PERMANENT_ERRORS = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AU
 # Room for the record batch header, the record's own framing and the varints around key, value
 # and headers: a dead letter estimated within this margin of the limit is reduced.
 BATCH_OVERHEAD_BYTES = 1024
+# What a dead letter's context headers can add beyond its Avro value: the reason twice (2,000
+# characters, each at most 10 bytes once escaped), the other fitted fields and their names.
+CONTEXT_HEADERS_BOUND = 64 * 1024
 
 
 def message_size(key: bytes | None, value: bytes | None, headers: list) -> int:
@@ -154,7 +157,10 @@ class DeadLetterProducer:
             if level:
                 dead_letter = dead_letter.reduced_to_fit(level)
             key, value, headers = dead_letter.original_key, self.codec.encode(dead_letter), dead_letter.headers()
-            if message_size(key, value, headers) <= self.max_bytes:
+            # The Avro value already holds the original headers and the reason; the Kafka headers
+            # repeat at most those plus the bounded context. Only a large one is measured exactly.
+            if (2 * len(value) + len(key or b"") + CONTEXT_HEADERS_BOUND <= self.max_bytes
+                    or message_size(key, value, headers) <= self.max_bytes):
                 break
         else:
             raise ValueError(f"even without the original message the dead letter is larger than "

@@ -14,7 +14,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from conftest import a_valid_order, encode_order, produce, wait_for
 
-from orders_dlq.codec import _varint
+from orders_dlq.codec import avro_long
 
 pytestmark = pytest.mark.integration
 GUARANTEES = ["exactly-once", "at-least-once"]
@@ -24,8 +24,8 @@ def huge_price_order() -> bytes:
     """A schema-valid order whose decimal price is 420 KB long (fastavro raised decimal.Overflow)."""
     good = a_valid_order()
     price = b"\x7f" * 420_000
-    return b"".join((_varint(len(good["order_id"])), good["order_id"].encode(), _varint(6), b"Toffee",
-                     _varint(len(price)), price, _varint(int(time.time() * 1_000_000))))
+    return b"".join((avro_long(len(good["order_id"])), good["order_id"].encode(), avro_long(6), b"Toffee",
+                     avro_long(len(price)), price, avro_long(int(time.time() * 1_000_000))))
 
 
 def by_offset(letters: list[dict]) -> dict[int, dict]:

@@ -115,13 +115,13 @@ def test_foreign_headers_with_nonsense_numbers_do_not_break_reading():
 
 
 def test_a_huge_decimal_price_decodes_to_its_magnitude_and_is_rejected_by_validation():
-    from orders_dlq.codec import _varint, decimal_from_bytes, order_codec
+    from orders_dlq.codec import avro_long, decimal_from_bytes, order_codec
     from orders_dlq.orders import InvalidOrder, validate
     # A schema-valid order whose price is 420 KB of decimal: fastavro raised decimal.Overflow after
     # minutes of work (its conversion is quadratic); ours keeps sign and magnitude in linear time.
     price = b"\x7f" * 420_000
-    huge = b"".join((_varint(36), b"4f1e1c1b-1111-4aaa-8bbb-123456789abc", _varint(6), b"Toffee",
-                     _varint(len(price)), price, _varint(5)))
+    huge = b"".join((avro_long(36), b"4f1e1c1b-1111-4aaa-8bbb-123456789abc", avro_long(6), b"Toffee",
+                     avro_long(len(price)), price, avro_long(5)))
     order = order_codec().decode(huge)
     assert order["price"].adjusted() > 1_000_000 and not order["price"].is_signed()
     with pytest.raises(InvalidOrder, match="price exceeds the maximum"):
