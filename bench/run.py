@@ -502,6 +502,15 @@ def summarize(results: dict, args) -> list[dict]:
                            "hook_p50_ms", "hook_p99_ms",
                            "changelog_stamp_p50_ms", "changelog_stamp_p99_ms")
                           if median(runs, key) is not None}
+        rates = [r["rate"] for r in runs if r.get("rate") is not None]
+        if rates:
+            case["min"], case["max"] = {"rate": min(rates)}, {"rate": max(rates)}
+        if len(rates) >= 2:
+            # The warm-up reached steady state when the first and the last repeat agree (within the
+            # machine's usual +-20%); otherwise the case is flagged and its median is suspect.
+            drift = rates[-1] / rates[0] - 1
+            case["first_last_drift"] = round(drift, 3)
+            case["steady"] = abs(drift) <= 0.2
 
     def rate(name):
         return results[name]["median"].get("rate")
@@ -573,8 +582,8 @@ def table(report: dict) -> str:
              f"sizes: {report['settings']['count']:,} orders per throughput case, {report['settings']['dlq_count']:,} "
              f"dead letters, {report['settings']['original_count']:,} for the original design; median of "
              f"{report['settings']['repeat']} run(s); {report['settings']['partitions']} partitions", ""]
-    head = (f"{'case':<36} {'orders/s':>10} {'vs limit':>9} {'whole run/s':>12} {'vs limit':>9} {'runs':>5} "
-            f"{'peak RSS MB':>12}  note")
+    head = (f"{'case':<36} {'orders/s':>10} {'min..max':>17} {'vs limit':>9} {'whole run/s':>12} {'vs limit':>9} "
+            f"{'runs':>5} {'peak RSS MB':>12}  note")
     lines += [head, "-" * len(head)]
     notes = {
         "limit_produce": "raw produce+poll(0), flush at end",
@@ -594,10 +603,12 @@ def table(report: dict) -> str:
         med = case["median"]
         ratio = case.get("ratio_to_limit")
         whole = case.get("ratio_to_limit_whole")
-        lines.append(f"{name:<36} {fmt(med.get('rate')):>10} {fmt(ratio, 2) + 'x' if ratio else '':>9} "
+        spread = f"{fmt(case['min']['rate'])}..{fmt(case['max']['rate'])}" if "min" in case else ""
+        unsteady = "" if case.get("steady", True) else f"  UNSTEADY: first/last {case['first_last_drift']:+.0%}"
+        lines.append(f"{name:<36} {fmt(med.get('rate')):>10} {spread:>17} {fmt(ratio, 2) + 'x' if ratio else '':>9} "
                      f"{fmt(med.get('rate_whole')):>12} {fmt(whole, 2) + 'x' if whole else '':>9} "
                      f"{len(case['runs']):>5} {fmt(med.get('maxrss_mb'), 1):>12}  {notes.get(name, '')}"
-                     + (f"  ERRORS: {len(case['errors'])}" if case.get("errors") else ""))
+                     + unsteady + (f"  ERRORS: {len(case['errors'])}" if case.get("errors") else ""))
     lines.append("")
     for name in ("latency_exactly_once", "latency_at_least_once"):
         med = results[name]["median"]
@@ -642,7 +653,8 @@ def check_durability() -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200_000, help="orders per throughput case (default 200000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each case; the median is reported (default 3)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="runs of each case; min/median/max are reported, targets judged on the median (default 5)")
     parser.add_argument("--dlq-count", type=int, help="messages of the all-poison case (default count/4)")
     parser.add_argument("--original-count", type=int, default=2000,
                         help="messages of the produce+flush-per-message case (default 2000)")
