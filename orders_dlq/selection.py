@@ -197,5 +197,8 @@ def error_time(dead_letter: DeadLetter, message_time_ms: int | None) -> datetime
         except ValueError:
             pass
     if message_time_ms is not None and message_time_ms > 0:
-        return datetime.fromtimestamp(message_time_ms / 1000, UTC)
+        try:
+            return datetime.fromtimestamp(message_time_ms / 1000, UTC)
+        except (OverflowError, OSError, ValueError):
+            pass  # another producer's timestamp beyond what a datetime holds: no time, not a broken letter
     return None

@@ -69,3 +69,15 @@ def test_bounds_of_different_partitions_do_not_contradict_each_other():
     add_selection_arguments(parser, offsets=True)
     selection = selection_from_args(parser.parse_args(["--from-offset", "0:30", "--to-offset", "1:20"]))
     assert selected(selection, 0, 30) and selected(selection, 1, 20) and not selected(selection, 1, 21)
+
+
+def test_a_dlq_message_time_beyond_any_date_is_no_time_and_no_error():
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from orders_dlq.selection import error_time
+
+    foreign = replace(LETTER, error_timestamp="")  # a Spring/Connect dead letter: only the message time
+    assert error_time(foreign, 2**62) is None  # year ~146 million: no datetime holds it
+    since = Selection(since=datetime(2026, 1, 1, tzinfo=UTC))
+    assert not since.matches(foreign, 0, 0, 2**62)  # unknown time: not selected by a time bound
