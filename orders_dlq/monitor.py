@@ -147,7 +147,10 @@ def alert_message(share: Share | None, threshold: float) -> str | None:
 def describe(dead_letter: DeadLetter, where: str, failed_at: datetime | None, detailed: bool = False) -> str:
     """One dead letter for people, the same in every tool: one line (the follow view, a replay's
     listing), or with `detailed` a second line with price, type, counts, origin and who failed it."""
-    when = failed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if failed_at else "-"
+    try:
+        when = failed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if failed_at else "-"
+    except (OverflowError, ValueError):
+        when = "-"  # e.g. year 1 at +05:00: no UTC time to show, still a dead letter to show
     line = (f"{where} {when} {dead_letter.error_stage}: {dead_letter.error_reason}  "
             f"order {dead_letter.order_id or '-'}  product {dead_letter.product or '-'}")
     if not detailed:

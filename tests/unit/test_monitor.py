@@ -280,3 +280,8 @@ def test_monitor_publishes_seen_counts_once(monkeypatch):
     assert seen.labels("validate", "price must be positive")._value.get() == 3
     assert metrics.MONITOR_GAUGES.values["monitor_orders_topic_messages"] == 36
     assert metrics.MONITOR_GAUGES.values["monitor_newest_dead_letter_age_seconds"] == 10.0
+
+
+def test_describe_shows_a_time_without_a_utc_equivalent_as_unknown():
+    failed_at = datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=5)))
+    assert describe(letter(order_id="o-2"), "[0@1]", failed_at).startswith("[0@1] - validate:")
