@@ -182,6 +182,24 @@ class Bench:
             self.results[case].setdefault("errors", []).append(str(exc))
             return None
 
+    def warm_up(self, count: int, rounds: int = 8, agree: float = 0.1) -> None:
+        """Raw produce and consume rounds, not recorded, until two in a row agree within `agree` on
+        both rates (the broker's JIT and page cache have settled), or `rounds` were run."""
+        previous = None
+        for round_number in range(1, rounds + 1):
+            warm = self.new_topic("warmup")
+            produced, _ = self.scripts.json([LIMITS, "produce", "-b", self.bootstrap, "-t", warm,
+                                             "--count", str(count)])
+            consumed, _ = self.scripts.json([LIMITS, "consume", "-b", self.bootstrap, "-t", warm, "--count",
+                                             str(count), "-g", f"bench-warm-{uuid.uuid4().hex[:8]}"])
+            rates = (produced["rate"], consumed["rate"])
+            self.log(f"warm-up round {round_number} (not recorded): produce {rates[0]:,.0f}/s, "
+                     f"consume {rates[1]:,.0f}/s")
+            if previous and all(abs(now / before - 1) <= agree for now, before in zip(rates, previous, strict=True)):
+                return
+            previous = rates
+        self.log(f"warm-up: rates still moving after {rounds} rounds; the runs below may be UNSTEADY")
+
     # 1. limits and the original design
     def limit(self, case: str, loop: str, topic: str, count: int, *extra: str) -> dict:
         data, proc = self.scripts.json([LIMITS, loop, "-b", self.bootstrap, "-t", topic, "--count", str(count),
@@ -291,11 +309,7 @@ class Bench:
         n, repeat = a.count, a.repeat
         filled: list[str] = []
         if a.warmup:
-            self.log(f"warm-up (not recorded): {a.warmup:,} messages through the raw loops (warms the JIT)")
-            warm = self.new_topic("warmup")
-            self.scripts.run([LIMITS, "produce", "-b", self.bootstrap, "-t", warm, "--count", str(a.warmup)])
-            self.scripts.run([LIMITS, "consume", "-b", self.bootstrap, "-t", warm, "--count", str(a.warmup),
-                              "-g", f"bench-warm-{uuid.uuid4().hex[:8]}"])
+            self.warm_up(a.warmup)
         for r in range(repeat):
             self.log(f"produce round {r + 1}/{repeat}")
             self.guarded("limit_produce", self.limit, "limit_produce", "produce", self.new_topic("limit"), n)
@@ -663,7 +677,8 @@ def parse_args(argv=None):
     parser.add_argument("--idle-timeout", type=float, default=2.0, help="consumer --idle-timeout (default 2)")
     parser.add_argument("--partitions", type=int, default=3, help="partitions of every topic (default 3)")
     parser.add_argument("--warmup", type=int, default=100_000,
-                        help="messages through the raw loops before measuring, 0 = none (default 100000)")
+                        help="messages per warm-up round through the raw loops, repeated until two rounds agree "
+                             "within 10%% (at most 8); 0 = none (default 100000)")
     parser.add_argument("--tiny", action="store_true", help="2k orders, 1 repeat, no 1M case: a smoke run")
     parser.add_argument("--full", action="store_true", help="also the 1M-order memory case")
     parser.add_argument("--json-out", type=Path, default=BENCH / "results.json", help="default bench/results.json")

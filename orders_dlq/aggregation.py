@@ -70,9 +70,10 @@ def topic_id(settings: KafkaSettings, topic: str) -> str | None:
         return None
 
 
-def require_co_partitioned(client, topic: str, state_topic: str) -> None:
+def require_co_partitioned(client, topic: str, state_topic: str) -> int:
     """The changelog must have as many partitions as the orders topic (partition p holds partition
-    p's state, like a Kafka Streams changelog), or one sentence says how to fix it."""
+    p's state, like a Kafka Streams changelog), or one sentence says how to fix it. Returns the
+    changelog's partition count."""
     try:
         metadata = client.list_topics(timeout=10)
     except KafkaException as exc:
@@ -84,6 +85,7 @@ def require_co_partitioned(client, topic: str, state_topic: str) -> None:
                else "Kafka cannot remove partitions: give this group a changelog with as many (--state-topic)")
         raise ToolFailure(f"the changelog {state_topic} has {counts[state_topic]} partition(s) but {topic} has "
                           f"{counts[topic]}: partition p of the changelog must hold partition p's totals; {fix}")
+    return counts.get(state_topic, 0)
 
 
 class CommitFailed(Exception):
@@ -148,7 +150,7 @@ class OrderAggregator:
         self.dead_letters = DeadLetterProducer(settings, producer=self.producer)
         self.renewals: list[float] = []  # when the transactional producer had to be replaced
         self.topic_id = topic_id(settings, self.topic)
-        require_co_partitioned(self.consumer, self.topic, self.state_topic)
+        self.state_partitions = require_co_partitioned(self.consumer, self.topic, self.state_topic)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -478,6 +480,12 @@ class OrderAggregator:
     # -- rebalancing ------------------------------------------------------------------------------
 
     def _on_assign(self, consumer, partitions) -> None:
+        # Partitions added to the orders topic while running need their changelog partitions too.
+        if any(tp.partition >= self.state_partitions for tp in partitions):
+            try:
+                self.state_partitions = require_co_partitioned(consumer, self.topic, self.state_topic)
+            except ToolFailure as exc:
+                self._fail(str(exc))
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=60)}
         restored = self._restore(committed)
         for tp in partitions:

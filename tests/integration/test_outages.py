@@ -188,6 +188,7 @@ def test_a_spooled_row_that_cannot_be_drained_is_reported_and_kept_but_never_blo
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # about 2 minutes; a stuck consumer must fail below with its log, not here
 def test_exactly_once_consumer_rides_out_a_broker_outage_longer_than_its_transaction_timeout(
         private_kafka, private_pipeline):
     """The broker stops for 30 s under an exactly-once consumer in the middle of its work: the open
@@ -209,7 +210,7 @@ def test_exactly_once_consumer_rides_out_a_broker_outage_longer_than_its_transac
         assert consumer.running(), f"the consumer stopped during the outage\n{consumer.stderr()[-3000:]}"
         private_kafka.start(timeout=120)
         assert producer.wait(300) == 0, producer.stderr()[-3000:]
-        assert consumer.wait(300) == 0, consumer.stderr()[-3000:]
+        assert consumer.wait(240) == 0, consumer.stderr()[-8000:]
     finally:
         for process in (producer, consumer):
             if process.running():
@@ -225,6 +226,7 @@ def test_exactly_once_consumer_rides_out_a_broker_outage_longer_than_its_transac
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 4 minutes
 def test_exactly_once_consumer_under_a_200_second_outage_ends_truthfully_or_rides_it_out(
         private_kafka, private_pipeline):
     """Kafka gone for 200 s under an exactly-once consumer (default anonymous instance): the consumer

@@ -45,6 +45,19 @@ def set_config(admin, topic: str, **values) -> None:
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
 
 
+def config_becomes(admin, topic: str, key: str, value, timeout: float = 15) -> bool:
+    """Whether a describe shows `value` within `timeout` s: each broker applies a config change from
+    the metadata log on its own, so a describe may read one that has not yet."""
+    try:
+        return wait_for(lambda: configs(admin, topic)[key] == str(value), timeout, f"{key} {value}")
+    except AssertionError:
+        return False
+
+
+def retention_becomes(admin, topic: str, value: int) -> bool:
+    return config_becomes(admin, topic, "retention.ms", value)
+
+
 def plan(scripts: Scripts, *args) -> dict:
     result = scripts.run("setup_dlq.py", *args, "--json")
     return {entry["topic"]: entry for entry in json.loads(result.stdout)["topics"]}
@@ -65,7 +78,7 @@ def test_first_run_creates_all_four_topics_replicated_and_co_partitioned(names):
         assert configs(admin, name)["min.insync.replicas"] == "2", name
     assert configs(admin, f"{topic}.aggregates")["cleanup.policy"] == "compact"
     assert configs(admin, f"{topic}.DLQ.status")["cleanup.policy"] == "compact"
-    assert configs(admin, f"{topic}.DLQ")["retention.ms"] == str(7 * DAY_MS)
+    assert retention_becomes(admin, f"{topic}.DLQ", 7 * DAY_MS)
 
 
 def test_a_rerun_with_default_flags_weakens_nothing(names):
@@ -74,12 +87,14 @@ def test_a_rerun_with_default_flags_weakens_nothing(names):
     scripts.run("setup_dlq.py")
     set_config(admin, f"{topic}.DLQ", retention_ms=30 * DAY_MS)
     set_config(admin, topic, min_insync_replicas=3)
+    assert retention_becomes(admin, f"{topic}.DLQ", 30 * DAY_MS)
+    assert config_becomes(admin, topic, "min.insync.replicas", 3)
 
     dry = scripts.run("setup_dlq.py")
     applied = scripts.run("setup_dlq.py", "--apply", expect=0)
 
-    assert configs(admin, f"{topic}.DLQ")["retention.ms"] == str(30 * DAY_MS)
-    assert configs(admin, topic)["min.insync.replicas"] == "3"
+    assert retention_becomes(admin, f"{topic}.DLQ", 30 * DAY_MS)
+    assert config_becomes(admin, topic, "min.insync.replicas", 3)
     assert "run with --apply" in dry.stdout
     assert "add --force" in applied.stdout
     assert "add --force to --apply" in applied.stderr and applied.stderr.count("\n") == 1
@@ -89,23 +104,24 @@ def test_apply_strengthens_and_force_weakens(names):
     scripts, admin, topic = names
     scripts.run("setup_dlq.py")
     set_config(admin, f"{topic}.DLQ", retention_ms=DAY_MS, max_message_bytes=1000)
+    assert retention_becomes(admin, f"{topic}.DLQ", DAY_MS)  # visible before the plan reads it
 
     before = plan(scripts)[f"{topic}.DLQ"]
     assert {d["setting"]: d["status"] for d in before["differences"]} == {
         "retention.ms": "pending", "max.message.bytes": "pending"}
-    assert configs(admin, f"{topic}.DLQ")["retention.ms"] == str(DAY_MS), "a plan changed something"
+    assert retention_becomes(admin, f"{topic}.DLQ", DAY_MS), "a plan changed something"
 
     after = plan(scripts, "--apply")[f"{topic}.DLQ"]
     assert {d["setting"]: d["status"] for d in after["differences"]} == {
         "retention.ms": "applied", "max.message.bytes": "applied"}
-    assert configs(admin, f"{topic}.DLQ")["retention.ms"] == str(7 * DAY_MS)
+    assert retention_becomes(admin, f"{topic}.DLQ", 7 * DAY_MS)
 
     shorter = plan(scripts, "--retention-days", 2, "--apply")[f"{topic}.DLQ"]
     assert [(d["setting"], d["weakens"], d["status"]) for d in shorter["differences"]] == [
         ("retention.ms", True, "held")]
     forced = plan(scripts, "--retention-days", 2, "--apply", "--force")[f"{topic}.DLQ"]
     assert [d["status"] for d in forced["differences"]] == ["applied"]
-    assert configs(admin, f"{topic}.DLQ")["retention.ms"] == str(2 * DAY_MS)
+    assert retention_becomes(admin, f"{topic}.DLQ", 2 * DAY_MS)
 
 
 def test_more_partitions_grow_the_changelog_with_the_orders_topic_only_under_apply(names):
