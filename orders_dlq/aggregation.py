@@ -57,6 +57,8 @@ UNASSIGNED_GRACE_SECONDS = 30.0
 # A transactional producer that Kafka ended is replaced; this many times within the window, and
 # the cause is no longer an outage but (most likely) another live instance with the same id.
 MAX_RENEWALS = 3
+# An abort still not done after this long is given up in favour of a new producer (see _abort_transaction).
+ABORT_TIMEOUT_SECONDS = 60.0
 RENEWAL_WINDOW_SECONDS = 300.0
 
 
@@ -377,20 +379,26 @@ class OrderAggregator:
         if self.delivery_errors:
             raise CommitFailed(self.delivery_errors.first)
 
-    def _abort_transaction(self, timeout: float = 120.0) -> None:
-        """Abort the open transaction, then begin the next one (on a new producer if it was fenced)."""
+    def _abort_transaction(self, timeout: float = ABORT_TIMEOUT_SECONDS) -> None:
+        """Abort the open transaction, then begin the next one.
+
+        A producer that cannot abort (fenced, or an abort that keeps timing out, as seen after the
+        broker came back from an outage longer than transaction.timeout.ms) is replaced: a new
+        producer with the same transactional.id makes the coordinator abort whatever was left open."""
         try:
             transactions.abort_transaction(self.producer, timeout)
         except KafkaException as exc:
             error = exc.args[0]
-            if error.fatal():
-                self._renew_producer(error)
-                return
-            self._fail(f"could not abort the transaction within {timeout:g}s: {error.str()}")
+            if not error.fatal():
+                log.warning("the transaction could not be aborted within %gs (%s): replacing the producer, "
+                            "which aborts it", timeout, error.str())
+            self._renew_producer(error)
+            return
         self.producer.begin_transaction()
 
     def _renew_producer(self, error: KafkaError) -> None:
-        """Replace a transactional producer that Kafka ended, then begin a transaction on the new one.
+        """Replace a transactional producer that Kafka ended (or that cannot abort), then begin a
+        transaction on the new one.
 
         A transaction left open longer than transaction.timeout.ms (the broker unreachable for that
         long in the middle of a unit, or a long burst of retries) is aborted by the coordinator,
@@ -404,18 +412,18 @@ class OrderAggregator:
         if len(self.renewals) > MAX_RENEWALS:
             cause = (f"another instance with --instance-id {self.instance_id} is probably running"
                      if self.instance_id else "Kafka keeps ending its transactions")
-            self._fail(f"the transactional producer was fenced {len(self.renewals)} times within "
+            self._fail(f"the transactional producer had to be replaced {len(self.renewals)} times within "
                        f"{RENEWAL_WINDOW_SECONDS:g}s ({error.str()}): {cause}")
-        log.warning("Kafka ended the open transaction (%s), most likely because it was unreachable for longer "
-                    "than transaction.timeout.ms: a new transactional producer redoes the work since the last "
-                    "commit", error.str())
+        if error.fatal():
+            log.warning("Kafka ended the open transaction (%s), most likely because it was unreachable for longer "
+                        "than transaction.timeout.ms: a new transactional producer redoes the work since the last "
+                        "commit", error.str())
         self.producer = Producer(self.producer_config)
         self.dead_letters.producer = self.producer
         try:
             transactions.retried(self.producer.init_transactions, "starting a new transactional producer")
         except KafkaException as exc:
-            self._fail(f"cannot start a new transactional producer after Kafka ended the last one: "
-                       f"{exc.args[0].str()}")
+            self._fail(f"cannot start a new transactional producer to replace the last one: {exc.args[0].str()}")
         self.producer.begin_transaction()
 
     def _fail(self, reason: str):
