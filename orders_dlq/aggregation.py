@@ -59,6 +59,10 @@ UNASSIGNED_GRACE_SECONDS = 30.0
 MAX_RENEWALS = 3
 # An abort still not done after this long is given up in favour of a new producer (see _abort_transaction).
 ABORT_TIMEOUT_SECONDS = 60.0
+# Errors that mean Kafka was out of reach: the producer is replaced before the unit is redone (see _on_lost).
+UNREACHABLE = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+               KafkaError.REQUEST_TIMED_OUT, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR}
+STALE = "Kafka was out of reach"
 RENEWAL_WINDOW_SECONDS = 300.0
 
 
@@ -396,7 +400,7 @@ class OrderAggregator:
             return
         self.producer.begin_transaction()
 
-    def _renew_producer(self, error: KafkaError) -> None:
+    def _renew_producer(self, error: KafkaError | str) -> None:
         """Replace a transactional producer that Kafka ended (or that cannot abort), then begin a
         transaction on the new one.
 
@@ -408,13 +412,18 @@ class OrderAggregator:
         keeps happening is another live instance with the same --instance-id the likely cause.
         """
         now = time.monotonic()
-        self.renewals = [t for t in self.renewals if now - t < RENEWAL_WINDOW_SECONDS] + [now]
+        fenced = isinstance(error, KafkaError) and error.fatal()
+        if fenced:  # only fencing counts: replacing a producer after an outage is routine
+            self.renewals = [t for t in self.renewals if now - t < RENEWAL_WINDOW_SECONDS] + [now]
         if len(self.renewals) > MAX_RENEWALS:
             cause = (f"another instance with --instance-id {self.instance_id} is probably running"
                      if self.instance_id else "Kafka keeps ending its transactions")
             self._fail(f"the transactional producer had to be replaced {len(self.renewals)} times within "
                        f"{RENEWAL_WINDOW_SECONDS:g}s ({error.str()}): {cause}")
-        if error.fatal():
+        if not fenced:
+            log.info("a new transactional producer takes over (%s); the open transaction is aborted by it",
+                     error if isinstance(error, str) else error.str())
+        if fenced:
             log.warning("Kafka ended the open transaction (%s), most likely because it was unreachable for longer "
                         "than transaction.timeout.ms: a new transactional producer redoes the work since the last "
                         "commit", error.str())
@@ -441,6 +450,8 @@ class OrderAggregator:
             self._drop_uncommitted(seek=False)
             self._fail(self.dead_letters.permanent_error)
         fatal = error if isinstance(error, KafkaError) and error.fatal() and self.exactly_once else None
+        if fatal is None and self.exactly_once and isinstance(error, KafkaError) and error.code() in UNREACHABLE:
+            fatal = STALE  # see _on_lost: a coordinator that timed out is not asked again by this producer
         if isinstance(error, KafkaError) and error.fatal() and not self.exactly_once:
             self._fail(f"this consumer hit a fatal error: {error.str()}")
         reason = error.str() if isinstance(error, KafkaError) else str(exc)
@@ -457,7 +468,7 @@ class OrderAggregator:
         while not self.stop and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def _drop_uncommitted(self, seek: bool, renew: KafkaError | None = None) -> None:
+    def _drop_uncommitted(self, seek: bool, renew: KafkaError | str | None = None) -> None:
         if self.exactly_once:
             if renew is not None:
                 self._renew_producer(renew)  # a fenced producer cannot even abort: replace it
@@ -576,5 +587,8 @@ class OrderAggregator:
 
     def _on_lost(self, consumer, partitions) -> None:
         log.warning("partitions lost (session expired): discarding uncommitted work")
-        self._drop_uncommitted(seek=False)
+        # Kafka was out of reach for longer than the session: the producer's cached coordinators may
+        # be gone, and librdkafka can then block in send_offsets_to_transaction past its timeout
+        # (confluentinc/librdkafka#5511, #5456). A new producer starts with a fresh cache.
+        self._drop_uncommitted(seek=False, renew=STALE if self.exactly_once else None)
         self._on_revoke(consumer, partitions)
