@@ -56,6 +56,7 @@ def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: in
     kinds = {"valid": 0, "invalid": 0, "poison": 0}
     started = time.monotonic()
     produced = 0
+    draw, good, encode, send = generator.random.random, generator.good_fields, codec.encode_fields, sender.send
     for produced in range(1, count + 1):
         if stop:
             produced -= 1
@@ -65,19 +66,22 @@ def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: in
             delay = started + (produced - 1) / rate - time.monotonic()
             if delay > 0:
                 sender.service(delay)
-        draw = generator.random.random()
-        if draw < poison_ratio:
+        chance = draw()
+        if chance >= poison_ratio + bad_ratio:
+            fields = good()
+            send(fields[0].encode(), encode(*fields))
+        elif chance < poison_ratio:
             kinds["poison"] += 1
-            key, value = generator.order_id().encode(), generator.poison()
+            send(generator.order_id().encode(), generator.poison())
         else:
-            kind = "invalid" if draw < poison_ratio + bad_ratio else "valid"
-            kinds[kind] += 1
-            order = generator.bad() if kind == "invalid" else generator.good()
-            key, value = order["order_id"].encode(), codec.encode(order)
-        sender.send(key, value)
-        progress.update(produced)
-        if counts:
-            counts.update(produced, sender.delivered)
+            kinds["invalid"] += 1
+            order = generator.bad()
+            send(order["order_id"].encode(), codec.encode(order))
+        if not produced % 256:
+            progress.update(produced)
+            if counts:
+                counts.update(produced, sender.delivered)
+    kinds["valid"] = produced - kinds["poison"] - kinds["invalid"]
     sender.finish(lambda: progress.update(produced))
     if counts:
         counts.update(produced, sender.delivered, force=True)

@@ -51,8 +51,15 @@ CASES = (
     "consumer_at_least_once_poison_1pct", "consumer_exactly_once_poison_1pct",
     "limit_dead_letter_forward", "dead_letter_at_least_once", "dead_letter_exactly_once",
     "latency_exactly_once", "latency_at_least_once",
-    "memory_1m", "restore",
+    "memory_1m", "restore", "rebalance_join",
 )
+# How instances of one group share partitions in the rebalance case: the consumer's default, the
+# eager protocol it replaced (every member gives up everything at each join), and KIP-848.
+REBALANCE_PROTOCOLS = {
+    "cooperative-sticky (default)": [],
+    "eager (range)": ["-X", "partition.assignment.strategy=range"],
+    "KIP-848 (group.protocol=consumer)": ["-X", "group.protocol=consumer"],
+}
 
 
 class BenchError(Exception):
@@ -303,6 +310,57 @@ class Bench:
         self.record(case, run)
         return run
 
+    # 7. the pause a join causes
+    def rebalance_join(self, protocol: str, partitions: int = 12, rate: float = 2000.0,
+                       seconds: float = 14.0, join_after: float = 5.0) -> dict:
+        """One exactly-once instance aggregates orders arriving at `rate`; a second joins after
+        `join_after` s. The pause is how late the orders created around the join became visible
+        to read_committed readers of the changelog, beside the steady latency before it."""
+        topic = f"bench-rebalance-{uuid.uuid4().hex[:8]}"
+        self.scripts.run([script("setup_dlq.py"), "-t", topic, "--partitions", str(partitions)])
+        group = f"bench-{uuid.uuid4().hex[:8]}"
+        watcher = ChangelogWatcher(self.bootstrap, f"{topic}.aggregates")
+        watcher.start()
+        consumer = [script("consumer_aggregation.py"), "-t", topic, "-g", group, "--guarantee", "exactly-once",
+                    "--idle-timeout", "4", "--json", *REBALANCE_PROTOCOLS[protocol]]
+        first = self.scripts.start(consumer)
+        second = None
+        outputs = []
+        try:
+            wait_for_line(first, "assigned", 60)
+            feeder = self.scripts.start([script("producer.py"), "-t", topic, "--count", str(int(rate * seconds)),
+                                         "--rate", str(rate), "--json", "--seed", "6"])
+            time.sleep(join_after)  # the bench's clock: orders flow for join_after s before the join
+            joined_at = time.time()
+            second = self.scripts.start(consumer)
+            self.scripts.finish(feeder)
+        finally:
+            for job in (first, second):
+                if job is not None:
+                    outputs.append(self.scripts.finish(job))
+            watcher.stop()
+        created = orders_created_at(self.bootstrap, topic)
+        if len(created) != int(rate * seconds):
+            raise BenchError(f"rebalance: {len(created)} orders in the topic, expected {int(rate * seconds)}")
+        before = {k: v for k, v in created.items() if v / 1e6 < joined_at - 0.5 and v / 1e6 > joined_at - 4}
+        around = {k: v for k, v in created.items() if joined_at <= v / 1e6 < joined_at + 6}
+        # The partitions the newcomer took over, from its log, against those the first one kept.
+        moved = {int(p) for line in outputs[1]["stderr"].splitlines() if " assigned " in line
+                 for p in re.findall(r"\[(\d+)\]@", line)}
+        steady, _ = watcher.latencies(group, topic, before)
+        kept, _ = watcher.latencies(group, topic, {k: v for k, v in around.items() if k[0] not in moved})
+        taken, _ = watcher.latencies(group, topic, {k: v for k, v in around.items() if k[0] in moved})
+        if len(kept) + len(taken) != len(around):
+            raise BenchError(f"rebalance: {len(around) - len(kept) - len(taken)} orders around the join never "
+                             "became visible")
+        run = {"protocol": protocol, "partitions": partitions, "rate": rate, "moved": len(moved),
+               "steady_p50_ms": percentile(steady, 50),
+               "kept_p99_ms": percentile(kept, 99), "kept_max_ms": max(kept, default=None),
+               "moved_p99_ms": percentile(taken, 99), "moved_max_ms": max(taken, default=None)}
+        self.results["rebalance_join"]["runs"].append(run)
+        self.log(f"rebalance_join: {run}")
+        return run
+
     # -- the whole run --------------------------------------------------------------------------
     def run(self) -> None:
         a = self.args
@@ -357,6 +415,13 @@ class Bench:
                         consumed["guarantee"] = guarantee
         else:
             self.results["memory_1m"]["skipped"] = "run with --full"
+
+        # --tiny: the default protocol once, on a short timeline (the smoke test's budget).
+        for protocol in list(REBALANCE_PROTOCOLS)[:1] if a.tiny else REBALANCE_PROTOCOLS:
+            for r in range(max(1, min(repeat, 3))):
+                self.log(f"rebalance: a second instance joins a running one ({protocol}), round {r + 1}")
+                self.guarded("rebalance_join", self.rebalance_join, protocol,
+                             *((12, 500.0, 6.0, 2.0) if a.tiny else ()))
 
         commits = int(a.restore_hours * 3600 * 10)  # 10 commits/s, the default 100 ms interval
         for partitions in (6, 24):
@@ -414,7 +479,9 @@ class ChangelogWatcher(threading.Thread):
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-watch-{uuid.uuid4()}",
                                   "enable.auto.commit": False, "isolation.level": "read_committed",
                                   "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
-        self.consumer.assign([TopicPartition(state_topic, 0, 0)])
+        # Every partition: the changelog is co-partitioned with the orders topic.
+        partitions = self.consumer.list_topics(state_topic, timeout=10).topics[state_topic].partitions
+        self.consumer.assign([TopicPartition(state_topic, p, 0) for p in partitions])
         self.seen: list[tuple[float, float, bytes, bytes]] = []  # (seen at, create time, key, value)
         self.halt = threading.Event()
 
@@ -445,6 +512,15 @@ class ChangelogWatcher(threading.Thread):
                 visible.append(entries[i][1] * 1000 - created_at / 1000)
                 stamped.append(entries[i][2] * 1000 - created_at / 1000)
         return visible, stamped
+
+
+def wait_for_line(job: dict, text: str, timeout: float) -> None:
+    """Until a started script's stderr shows `text` (e.g. its first assignment)."""
+    deadline = time.monotonic() + timeout
+    while text not in Path(job["err"].name).read_text(errors="replace"):
+        if job["proc"].poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"no '{text}' from {Path(job['args'][0]).name}")
+        time.sleep(0.05)
 
 
 def read_all(bootstrap: str, topic: str, timeout: float = 120):
@@ -612,7 +688,7 @@ def table(report: dict) -> str:
     }
     for name in CASES:
         case = results[name]
-        if name.startswith("latency") or name in ("memory_1m", "restore"):
+        if name.startswith("latency") or name in ("memory_1m", "restore", "rebalance_join"):
             continue
         med = case["median"]
         ratio = case.get("ratio_to_limit")
@@ -644,6 +720,16 @@ def table(report: dict) -> str:
         lines.append(f"restore of 1 assigned partition, {run['partitions']} partitions x "
                      f"{run['commits_per_partition']:,} commits ({run['records']:,} records): co-partitioned "
                      f"{run['assigned_restore_s']:.2f} s, whole-changelog scan {run['whole_scan_s']:.2f} s")
+    by_protocol: dict[str, list[dict]] = {}
+    for run in results["rebalance_join"]["runs"]:
+        by_protocol.setdefault(run["protocol"], []).append(run)
+    for protocol, runs in by_protocol.items():
+        def spread(key, runs=runs):
+            values = sorted(r[key] for r in runs if r.get(key) is not None)
+            return f"{fmt(statistics.median(values))} [{fmt(values[0])}..{fmt(values[-1])}]" if values else "n/a"
+        lines.append(f"join, {protocol:<34} latest order in the 6 s after a 2nd instance joins: on "
+                     f"partitions kept {spread('kept_max_ms')} ms, on partitions moved {spread('moved_max_ms')} ms; "
+                     f"before the join p50 {spread('steady_p50_ms')} ms ({len(runs)} runs)")
     lines += ["", f"{'target':<62} {'value':>10} {'goal':>9}  status"]
     for t in report["targets"]:
         value = t["value"]
