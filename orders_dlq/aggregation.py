@@ -157,9 +157,12 @@ class OrderAggregator:
         consumer_config = settings.client_config(**consumer_config)
         # -X may choose another strategy, or the KIP-848 protocol (group.protocol=consumer), which
         # is incremental by design: the rebalance callbacks must then add and remove, not replace.
-        self.incremental = (consumer_config.get("group.protocol") == "consumer"
-                            or "cooperative" in str(consumer_config.get("partition.assignment.strategy", "")))
-        if consumer_config.get("group.protocol") == "consumer":
+        kip848 = consumer_config.get("group.protocol") == "consumer"
+        # The classic cooperative protocol gives partitions up in one round and hands them out
+        # in a second; KIP-848 reconciles each member with the broker's target on its own.
+        self.two_rounds = not kip848 and "cooperative" in str(consumer_config.get("partition.assignment.strategy", ""))
+        self.incremental = kip848 or self.two_rounds
+        if kip848:
             # The KIP-848 protocol refuses the classic group settings: the broker owns them.
             for key in ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"):
                 if key not in settings.client_overrides:
@@ -232,6 +235,7 @@ class OrderAggregator:
                     last_commit = time.monotonic()
                 if on_batch:
                     on_batch(self)
+            self.hold_commits_until = 0.0  # the last commit is not put off (see _on_revoke)
             self.commit()
             return self.totals()
         finally:
@@ -498,7 +502,9 @@ class OrderAggregator:
             # The group moved to a new generation under this unit (another instance joined or
             # left): redo it at once, and commit again once this instance has its new assignment.
             self.hold_commits_until = time.monotonic() + HOLD_COMMITS_SECONDS
-        positions = ", ".join(f"{self.topic}[{p}]@{self.committed[p].next_offset}" for p in sorted(self.dirty))
+        # Where the partitions of the unit stand (all owned ones if it failed before touching any).
+        positions = ", ".join(f"{self.topic}[{p}]@{self.committed[p].next_offset}"
+                              for p in sorted(self.dirty or self.committed))
         self._drop_uncommitted(seek=not in_rebalance, renew=fatal)
         self.commit_failures += 1
         if in_rebalance:
@@ -643,7 +649,7 @@ class OrderAggregator:
         if partitions:
             log.info("revoked %s; keeping %d partition(s)",
                      ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions), len(self.states))
-        if self.incremental and partitions:
+        if self.two_rounds and partitions:
             # After giving partitions up, the member joins the group again at once (the second
             # round of an incremental rebalance), which ends the generation our commits carry: a
             # transactional offset commit sent meanwhile fails with ILLEGAL_GENERATION and the whole
