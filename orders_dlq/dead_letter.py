@@ -117,7 +117,7 @@ def _fit_count(value) -> int:
     return 0
 
 
-def _fit_price(value) -> Decimal | None:
+def fit_price(value) -> Decimal | None:
     """The price when decimal(12, 2) can carry it exactly; None otherwise (the original bytes keep it)."""
     try:
         if (isinstance(value, Decimal) and value.is_finite() and abs(value) < PRICE_LIMIT
@@ -188,7 +188,7 @@ class DeadLetter:
             error_timestamp=fit_text(self.error_timestamp, 100),
             order_id=_fit_optional_text(self.order_id, 200),
             product=_fit_optional_text(self.product, 200),
-            price=_fit_price(self.price),
+            price=fit_price(self.price),
             original_partition=_fit_int(self.original_partition, 0, INT_MAX),
             original_offset=_fit_int(self.original_offset, 0, LONG_MAX),
             original_timestamp=_fit_int(self.original_timestamp, LONG_MIN, LONG_MAX),
