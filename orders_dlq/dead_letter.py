@@ -437,6 +437,7 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
         dead_letter.reduced = _header_text(headers, REDUCED_HEADER)
         dead_letter.original_size = _header_int(headers, "-", ORIGINAL_SIZE_HEADER)
         dead_letter.original_sha256 = _header_text(headers, ORIGINAL_SHA256_HEADER)
+    dead_letter.headers_unreadable = _header_text(headers, HEADERS_UNREADABLE_HEADER)
     return dead_letter
 
 
