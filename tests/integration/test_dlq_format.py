@@ -9,6 +9,11 @@ import struct
 import pytest
 from conftest import Pipeline, a_valid_order, encode_order, produce
 
+from orders_dlq.dead_letter import DeadLetter
+from orders_dlq.dlq import DeadLetterProducer
+from orders_dlq.settings import KafkaSettings
+from orders_dlq.spool import Spool
+
 pytestmark = pytest.mark.integration
 
 POISON = b"\x00not an order\xff"
@@ -124,3 +129,28 @@ def test_dlq_tools_read_and_replay_every_kind_of_dead_letter(pipeline: Pipeline)
     assert (replayed[b"spring"].partition(), replayed[b"connect"].partition()) == (1, 2)
     again = pipeline.scripts.json("dlq_replay.py")
     assert again["replayed"] == 0  # exactly once: the cursor is past them
+
+
+def test_a_spooled_produce_failure_is_drained_in_the_configured_format(pipeline: Pipeline):
+    """producer.py spools an order it could not deliver; a drain configured for the original format
+    writes the encoded order itself, whatever format the row was spooled in."""
+    order = encode_order(a_valid_order("9.99", "Caramel"))
+    letter = DeadLetter(error_reason="Kafka broker unavailable: not confirmed within the 1s delivery budget",
+                        error_type="KafkaError._MSG_TIMED_OUT", error_stage="produce", original_topic=pipeline.topic,
+                        failed_by="producer.py@host:1", retry_count=1, original_key=b"k-9", original_value=order)
+    spool_path = pipeline.scripts.cwd / "spool.sqlite3"
+    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)  # envelope
+    spooling = DeadLetterProducer(settings, spool=Spool(spool_path))
+    spooling._max_bytes = 1_000_000  # the spool is written without asking the broker, as in an outage
+    assert spooling.spool_all([letter]) == 1
+
+    drained = pipeline.scripts.json("dlq_producer.py", "--flush-spool", "--spool", spool_path,
+                                    "--dlq-format", "original")
+
+    assert (drained["sent"], drained["remaining"]) == (1, 0)
+    [message] = pipeline.read(pipeline.dlq_topic)
+    headers = dict(message.headers())
+    assert (message.key(), message.value()) == (b"k-9", order)
+    assert (headers["dlq.format"], headers["__connect.errors.stage"]) == (b"original", b"produce")
+    assert "kafka_dlt-original-partition" not in headers  # a produce failure never had a partition
+    assert "dlq.spool.id" in headers  # what makes a drain exactly-once
