@@ -273,7 +273,8 @@ class DeadLetter:
         """The headers of this dead letter in the original format: those of headers(), plus what a
         Spring @DltHandler or a Connect-style reader finds beside the original value. `instance` (the
         writing client) stands in for Connect's task.id, the consumer group or client for its
-        connector.name. No Python traceback (a rejected order is not a crash): the reason stands in."""
+        connector.name. The stack trace headers hold the Python traceback when the dead letter carries
+        one, else `<type>: <reason>` (a rejected order is not a crash: its reason is the whole story)."""
         out = self.headers()
         out.pop()  # headers() ends with the envelope's format marker
         trace = (self.stacktrace or f"{self.error_type}: {self.error_reason}").encode("utf-8", "backslashreplace")
