@@ -15,6 +15,7 @@ from orders_dlq import transactions
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import FORMAT_AVRO, FORMAT_HEADER, DeadLetter, DeadLetterCodec, fit_text
 from orders_dlq.errors import ToolFailure
+from orders_dlq.foreign import with_order_fields
 from orders_dlq.kafka import (
     DEAD_LETTER_MAX_BYTES,
     admin_client,
@@ -334,7 +335,7 @@ class DeadLetterProducer:
         if is_envelope == (self.format == "envelope"):
             return key, value, headers
         try:
-            return self.encode(self.codec.decode_message(value, headers, key, self.topic))
+            return self.encode(with_order_fields(self.codec.decode_message(value, headers, key, self.topic)))
         except Exception as exc:  # noqa: BLE001 - a row we cannot convert still goes, as it was spooled
             log.warning("a spooled dead letter could not be converted to the %s format (%s): sent as spooled",
                         self.format, exc)

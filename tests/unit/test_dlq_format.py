@@ -207,7 +207,8 @@ def test_original_without_a_value_or_too_large_is_written_as_an_envelope():
 
 
 def test_a_spooled_row_is_converted_to_the_drain_format():
-    letter = make_letter()
+    order = an_order()
+    letter = make_letter(original_value=ORDERS.encode(order))
     envelope = dead_letter_producer("envelope")
     original = dead_letter_producer("original")
     as_envelope = envelope.encode(letter)
@@ -220,6 +221,7 @@ def test_a_spooled_row_is_converted_to_the_drain_format():
     back = CODEC.decode_message(value, headers, key)
     assert (FORMAT_HEADER, FORMAT_AVRO) in headers and back.original_value == letter.original_value
     assert (back.error_reason, back.retry_count, back.original_offset) == (letter.error_reason, 2, 2**33 + 7)
+    assert (back.order_id, back.product, back.price) == (order["order_id"], "Fudge", Decimal("-3.00"))
 
 
 # -- the setting ---------------------------------------------------------------------------------
