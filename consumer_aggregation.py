@@ -55,6 +55,7 @@ def build_parser():
                         help="print the combined totals of all instances from the changelog and exit")
     add_retry_arguments(parser)
     add_spool_argument(parser)
+    cli.add_dlq_format_argument(parser)
     metrics.add_metrics_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     return parser

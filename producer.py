@@ -44,6 +44,7 @@ def build_parser():
                         help="seconds an order may take to be delivered, librdkafka's own retries included; "
                              "then it is dead-lettered, never sent twice (env DELIVERY_TIMEOUT, default 30)")
     add_spool_argument(parser)
+    cli.add_dlq_format_argument(parser)
     metrics.add_metrics_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     return parser
