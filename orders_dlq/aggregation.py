@@ -21,6 +21,7 @@ before any of its messages is processed, so restarts and scale-out never double 
 from __future__ import annotations
 
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 
@@ -361,6 +362,10 @@ class OrderAggregator:
             original_headers=headers,
         )
         dead_letter.headers_unreadable = headers_unreadable
+        if stage == "process" and self.dead_letters.format == "original":
+            # Where the processing step failed, for the stack-trace headers Spring's and Connect's
+            # readers show (decode and validate failures are the message's, their reason says all).
+            dead_letter.stacktrace = "".join(traceback.format_exception(error))
         return dead_letter
 
     def _send_dead_letter(self, state: PartitionState, dead_letter: DeadLetter) -> None:
