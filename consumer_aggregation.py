@@ -18,6 +18,7 @@ from orders_dlq.errors import EXIT_OK, UsageError
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.logs import log
 from orders_dlq.orders import CATALOGUE
+from orders_dlq.registry import add_registry_argument, order_codec_for
 from orders_dlq.retry import add_retry_arguments, retry_policy
 from orders_dlq.runtime import StopFlag
 from orders_dlq.settings import kafka_settings, non_negative, positive, setting, state_topic_setting
@@ -56,6 +57,7 @@ def build_parser():
     add_retry_arguments(parser)
     add_spool_argument(parser)
     metrics.add_metrics_argument(parser)
+    add_registry_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     return parser
 
@@ -117,6 +119,7 @@ def main(argv=None) -> int:
         return EXIT_OK
 
     require_topics(admin, [settings.topic, settings.dlq_topic, state_topic])
+    codec = order_codec_for(args, settings.topic, producing=False)
     serving = metrics.serve(args, metrics.CONSUMER)
     drain_spool_if_pending(dead_letters)
     dead_letters.close()  # the aggregator writes its dead letters through its own (transactional) producer
@@ -125,6 +128,7 @@ def main(argv=None) -> int:
         settings, group=group, state_topic=state_topic, guarantee=guarantee, retry=policy,
         instance_id=instance_id, products=products, commit_interval=commit_ms / 1000,
         batch_size=args.batch_size or 1000, stop=stop, latency=LatencyReservoir() if args.latency else None)
+    aggregator.codec = codec  # schemaless, or registry mode: the writer's schema from each order's id
     log.info("consuming %s as group %s (%s)", settings.topic, group, guarantee)
     printer = running_average_printer(args.print_interval) if args.print_interval and not args.json else None
     if serving:

@@ -6,9 +6,17 @@ import json
 import subprocess
 import sys
 import uuid
+from decimal import Decimal
 
+import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from conftest import ROOT
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from conftest import ROOT, a_valid_order, encode_order
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orders_dlq.registry import Registry, RegistryOrderCodec, RegistrySettings
 
 
 def unique(prefix: str) -> str:
@@ -29,3 +37,111 @@ def test_local_registry_cli_refuses_a_bad_port_in_one_sentence():
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 1
     assert result.stderr == "error: --port 70000 is not a usable TCP port.\n"
+
+
+def registry_order_schema(extra_field: dict | None = None) -> dict:
+    schema = json.loads((ROOT / "schemas" / "order.avsc").read_text())
+    if extra_field:
+        schema["fields"].append(extra_field)
+    return schema
+
+
+def schema_dir_with(tmp_path, name: str, order_schema: dict):
+    """A schema directory whose order.avsc is `order_schema` (a producer or consumer of another version)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "order.avsc").write_text(json.dumps(order_schema))
+    (folder / "dead_letter.avsc").write_text((ROOT / "schemas" / "dead_letter.avsc").read_text())
+    return folder
+
+
+def reasons(pipeline) -> list[str]:
+    return sorted(letter["error_reason"] for letter in pipeline.dead_letters())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.fixed_dictionaries({
+    "order_id": st.uuids().map(str),
+    "product": st.text(max_size=40),
+    "price": st.integers(min_value=-(10**12) + 1, max_value=10**12 - 1).map(lambda c: Decimal(c).scaleb(-2)),
+    "created_at": st.integers(min_value=-(2**63), max_value=2**63 - 1),
+}))
+def test_fast_registry_encoding_equals_the_avro_serializer(registry_codec_and_serializer, order):
+    codec, serializer, context = registry_codec_and_serializer
+    assert codec.encode(order) == serializer(order, context)
+
+
+@pytest.fixture(scope="module")
+def registry_codec_and_serializer(schema_registry):
+    topic = unique("encoder")
+    client = SchemaRegistryClient({"url": schema_registry})
+    serializer = AvroSerializer(client, json.dumps(registry_order_schema()))
+    codec = RegistryOrderCodec(Registry(RegistrySettings(schema_registry)), topic)
+    codec.register()
+    assert codec.local.fast
+    return codec, serializer, SerializationContext(topic, MessageField.VALUE)
+
+
+def test_registry_round_trip_read_back_by_confluents_deserializer(pipeline, schema_registry):
+    sent = pipeline.scripts.json("producer.py", "--schema-registry", schema_registry, "-c", 40, "--seed", 5)
+    assert sent["sent"] == 40
+    messages = pipeline.read(pipeline.topic)
+    deserializer = AvroDeserializer(SchemaRegistryClient({"url": schema_registry}))
+    orders = [deserializer(m.value(), SerializationContext(pipeline.topic, MessageField.VALUE)) for m in messages]
+    assert len(orders) == 40 and all(m.value()[0] == 0 for m in messages)
+    assert {len({m.value()[1:5] for m in messages})} == {1}  # one schema id for all
+    total = sum(order["price"] for order in orders)
+
+    summary = pipeline.consume("--schema-registry", schema_registry)
+    assert summary["processed"] == 40 and summary["dead_lettered"] == 0
+    assert summary["overall"]["total"] == str(total)
+    assert pipeline.read(pipeline.dlq_topic) == []
+
+
+def test_framing_mismatches_are_dead_lettered_with_a_clear_reason(pipeline, schema_registry, scripts):
+    scripts.run("producer.py", "--schema-registry", schema_registry, "-c", 2, "--seed", 1)
+    schema_id = int.from_bytes(pipeline.read(pipeline.topic)[0].value()[1:5], "big")
+    unknown_id = 987654
+    pipeline.produce_raw([encode_order(a_valid_order()), bytes((0,)) + unknown_id.to_bytes(4, "big")
+                          + encode_order(a_valid_order())])
+
+    schemaless = pipeline.consume()
+    assert schemaless["processed"] == 1 and schemaless["dead_lettered"] == 3
+    assert reasons(pipeline) == sorted([
+        f"confluent-framed, schema id {schema_id}, but the consumer runs schemaless (start it with --schema-registry)",
+        f"confluent-framed, schema id {schema_id}, but the consumer runs schemaless (start it with --schema-registry)",
+        f"confluent-framed, schema id {unknown_id}, but the consumer runs schemaless (start it with --schema-registry)",
+    ])
+
+    pipeline.group += "-registry"
+    registry = pipeline.consume("--schema-registry", schema_registry)
+    assert registry["processed"] == 2 and registry["dead_lettered"] == 2
+    new = sorted(set(reasons(pipeline)) - {r for r in reasons(pipeline) if "runs schemaless" in r})
+    assert new == [f"confluent-framed, schema id {unknown_id}, unknown to the schema registry at {schema_registry}",
+                   "schemaless Avro order without the Confluent framing, but the consumer runs in registry mode"]
+
+
+def test_evolution_both_ways_without_dead_letters_and_an_incompatible_change_refused(pipeline, schema_registry,
+                                                                                     scripts, tmp_path):
+    set_up = scripts.run("setup_dlq.py", "--schema-registry", schema_registry, "--apply")
+    assert f"{pipeline.topic}-value" in set_up.stdout and "BACKWARD" in set_up.stdout
+    v2 = schema_dir_with(tmp_path, "v2", registry_order_schema(
+        {"name": "channel", "type": "string", "default": "web"}))
+    scripts.run("producer.py", "--schema-registry", schema_registry, "-c", 5, "--seed", 1)  # v1
+    scripts.run("producer.py", "--schema-registry", schema_registry, "-c", 5, "--seed", 2,
+                env={"SCHEMA_DIR": str(v2)})  # v2, with a field v1 does not know
+    assert len({m.value()[1:5] for m in pipeline.read(pipeline.topic)}) == 2
+
+    v1_consumer = pipeline.consume("--schema-registry", schema_registry)
+    pipeline.group += "-v2"
+    v2_consumer = pipeline.consume("--schema-registry", schema_registry, env={"SCHEMA_DIR": str(v2)})
+    for summary in (v1_consumer, v2_consumer):
+        assert summary["processed"] == 10 and summary["dead_lettered"] == 0
+    assert v1_consumer["overall"] == v2_consumer["overall"]
+    assert pipeline.read(pipeline.dlq_topic) == []
+
+    required = schema_dir_with(tmp_path, "v3", registry_order_schema({"name": "region", "type": "string"}))
+    refused = scripts.run("producer.py", "--schema-registry", schema_registry, "-c", 1,
+                          env={"SCHEMA_DIR": str(required)}, expect=2)
+    assert refused.stderr.startswith(f"error: the schema registry refuses this order schema for {pipeline.topic}-value")
+    assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
