@@ -20,7 +20,7 @@ from orders_dlq.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from orders_dlq.kafka import reachable, reliable_producer_config, require_topics
 from orders_dlq.logs import log
 from orders_dlq.orders import OrderGenerator
-from orders_dlq.registry import add_registry_argument, order_codec_for
+from orders_dlq.registry import add_registry_argument, frame_dead_letters, order_codec_for
 from orders_dlq.runtime import Progress, StopFlag
 from orders_dlq.settings import kafka_settings, non_negative, positive, ratio, setting
 from orders_dlq.spool import Spool
@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     stop = StopFlag().install()
 
     dead_letters = open_dead_letter_producer(args, settings, delivery_timeout=delivery_timeout, origin=client_id)
+    frame_dead_letters(codec, dead_letters, settings.dlq_topic)
     spool = dead_letters.spool
     sender = OrderSender(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}),
                          # Orders that failed for good are committed to the spool as they fail, a batch

@@ -59,9 +59,10 @@ class RegistrySettings:
     bearer_identity_pool: str | None = None
 
     def client_config(self) -> dict:
-        config = {"url": self.url}
+        # Without a timeout a registry that accepts the connection and never answers would hang
+        # a script (httpx waits forever); 10 s per request, as a broker call is bounded too.
+        config = {"url": self.url, "timeout": 10}
         if self.basic_auth_user_info:
-            config["basic.auth.credentials.source"] = "USER_INFO"
             config["basic.auth.user.info"] = self.basic_auth_user_info
         if self.bearer_token:
             config["bearer.auth.credentials.source"] = "STATIC_TOKEN"
@@ -334,15 +335,55 @@ class OriginalOrders:
         return None
 
 
+class RegistryDeadLetterCodec:
+    """Dead letters in the Confluent wire format: the envelope record, registered as <dlq>-value,
+    behind the 5-byte header. Wraps the DeadLetterCodec of a DeadLetterProducer."""
+
+    def __init__(self, codec, registry: Registry, dlq_topic: str):
+        self.codec = codec
+        subject = value_subject(dlq_topic)
+        try:
+            schema_id = registry.call("register a schema", registry.client.register_schema, subject,
+                                      Schema(json.dumps(codec.codec.schema), "AVRO"))
+        except SchemaRegistryError as exc:
+            raise ToolFailure(f"the schema registry at {registry.settings.shown_url} refused the dead-letter schema "
+                              f"under {subject}: {exc}") from None
+        self.header = confluent_header(schema_id)
+
+    def encode(self, dead_letter) -> bytes:
+        return self.header + self.codec.encode(dead_letter)
+
+    def __getattr__(self, name):
+        return getattr(self.codec, name)
+
+
+def frame_dead_letters(order_codec_in_use, dead_letters, dlq_topic: str) -> None:
+    """Hook for producer.py / consumer_aggregation.py: in registry mode, their dead letters too."""
+    if isinstance(order_codec_in_use, RegistryOrderCodec):
+        dead_letters.codec = RegistryDeadLetterCodec(dead_letters.codec, order_codec_in_use.registry, dlq_topic)
+
+
+def decode_dead_letter_either_framing(codec, value, headers, *args, **kwargs):
+    """A DLQ message in either framing: our envelope as is, or behind a Confluent header."""
+    try:
+        return codec.decode_message(value, headers, *args, **kwargs)
+    except DecodeError:
+        frame = split_confluent_frame(value)
+        if frame is None:
+            raise
+        return codec.decode_message(frame[1], headers, *args, **kwargs)
+
+
 class ShowingOriginalOrders:
-    """A DeadLetterCodec whose dead letters without order fields get them from their original bytes."""
+    """A DeadLetterCodec that reads dead letters in either framing, and gives those without order
+    fields the order from their original bytes."""
 
     def __init__(self, codec, originals: OriginalOrders):
         self.codec = codec
         self.originals = originals
 
-    def decode_message(self, *args, **kwargs):
-        dead_letter = self.codec.decode_message(*args, **kwargs)
+    def decode_message(self, value, headers, *args, **kwargs):
+        dead_letter = decode_dead_letter_either_framing(self.codec, value, headers, *args, **kwargs)
         if dead_letter.order_id is None and dead_letter.original_value:
             order = self.originals.read(dead_letter.original_value)
             if order is not None:
