@@ -299,6 +299,10 @@ def _cmd_start(args) -> int:
         _say("already running")
         print(registry.status_line())
         return 0
+    if not port_is_free(registry.port) and registry_answers(registry.url, 3.0):
+        # E.g. the docker compose service: the same registry on the same port, nothing to start.
+        print(f"schema-registry: already answering at {registry.url} (not started here; nothing to do)")
+        return 0
     began = time.monotonic()
     try:
         registry.start(timeout=args.timeout)

@@ -20,6 +20,10 @@ from hypothesis import strategies as st
 
 from orders_dlq.registry import Registry, RegistryOrderCodec, RegistrySettings
 
+# The first test to use the registry builds it when it is not built yet: about 5 minutes with a
+# cold Maven repository, beyond the suite's 300 s per test.
+pytestmark = pytest.mark.timeout(1200)
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
