@@ -258,13 +258,16 @@ class OrderCodec(AvroCodec):
         self.older_writers = [(version, self.writer_schema(raw)) for version, raw in order_schema_versions(directory)
                               if _canonical(raw) != canonical]
 
+    # Written before every body: empty (schemaless), or registry mode's 5-byte Confluent header.
+    header = b""
+
     def encode(self, record: dict) -> bytes:
         if not self.fast:
-            return super().encode(record)
+            return self.header + super().encode(record)
         order_id = record["order_id"].encode()
         product = record["product"].encode()
         price = avro_decimal(unscaled_cents(record["price"]))
-        return b"".join((avro_length(len(order_id)), order_id, avro_length(len(product)), product,
+        return b"".join((self.header, avro_length(len(order_id)), order_id, avro_length(len(product)), product,
                          avro_length(len(price)), price, avro_long(record["created_at"])))
 
     def decode(self, data: bytes | None) -> dict:

@@ -186,17 +186,19 @@ class RegistryOrderCodec:
         self.topic = topic
         self.local = local or order_codec()
         self.schema = self.local.schema
-        self.header = None  # set by register(): only the producer needs an id of its own
         self._writers: dict[int, object] = {}  # schema id -> parsed writer schema (None: same as ours)
+        self._unknown: set[int] = set()  # ids the registry said it does not have (a poison flood asks once)
         self._canonical = json.dumps(self.schema, sort_keys=True)
 
     def register(self) -> int:
         schema_id = self.registry.register_order_schema(self.topic, self.local)
-        self.header = confluent_header(schema_id)
+        # The order codec writes the header in the same join as the body (its decoding ignores it).
+        self.local.header = confluent_header(schema_id)
+        self.encode = self.local.encode
         return schema_id
 
     def encode(self, record: dict) -> bytes:
-        return self.header + self.local.encode(record)
+        raise RuntimeError("register() first: the header needs the registry's schema id")
 
     def decode(self, data: bytes | None) -> dict:
         frame = split_confluent_frame(data)
@@ -218,6 +220,9 @@ class RegistryOrderCodec:
     def _writer(self, schema_id: int):
         if schema_id in self._writers:
             return self._writers[schema_id]
+        if schema_id in self._unknown:
+            raise DecodeError(f"confluent-framed, schema id {schema_id}, unknown to the schema registry at "
+                              f"{self.registry.settings.shown_url}")
         deadline = time.monotonic() + self.wait_seconds
         while True:
             try:
@@ -225,6 +230,8 @@ class RegistryOrderCodec:
                 break
             except SchemaRegistryError as exc:
                 if exc.http_status_code == 404:
+                    if len(self._unknown) < 1000:  # bounded, like the cache of known ids
+                        self._unknown.add(schema_id)
                     raise DecodeError(f"confluent-framed, schema id {schema_id}, unknown to the schema registry at "
                                       f"{self.registry.settings.shown_url}") from None
                 failure = str(exc)
