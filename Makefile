@@ -45,7 +45,7 @@ kafka-down: $(VENV)/.runtime-installed
 
 kafka-status: $(VENV)/.runtime-installed
 	$(PY) -m orders_dlq.local_kafka status --data-dir $(KAFKA_DATA)
-	$(PY) -m orders_dlq.local_registry status
+	-$(PY) -m orders_dlq.local_registry status
 
 ## bench: throughput, latency and memory beside the raw client (see bench/README.md)
 bench: $(VENV)/.runtime-installed
