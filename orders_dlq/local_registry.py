@@ -8,11 +8,14 @@ Usage:
     python -m orders_dlq.local_registry build
 
 The registry is built once with Maven from the project's own files in registry/ (a wrapper
-project around Apicurio's app, see registry/pom.xml) into registry/app/target; its Maven
-downloads go to <repo>/.registry/m2, apart from ~/.m2. Later starts need neither Maven nor a
-network. It serves the Confluent-compatible API at <url>/apis/ccompat/v7, which is what
-confluent_kafka's SchemaRegistryClient is given (see registry_api_url()). Storage is in memory:
-a restart forgets every schema, which suits development and tests.
+project around Apicurio's app, see registry/pom.xml). Its Maven downloads and the built jar are
+kept in a per-user cache (~/.cache/orders-dlq/schema-registry, or $XDG_CACHE_HOME), apart from
+~/.m2 (the build installs a stand-in artifact under Apicurio's coordinates, which must not leak
+into other builds), and shared by every clone of the project: a fresh clone reuses the jar built
+from the same registry/ files. Later starts need neither Maven nor a network. It serves the
+Confluent-compatible API at <url>/apis/ccompat/v7, which is what confluent_kafka's
+SchemaRegistryClient is given (see registry_api_url()). Storage is in memory: a restart forgets
+every schema, which suits development and tests.
 
 Importable (tests, demo): see LocalRegistry, ensure_built, registry_answers.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,11 +48,11 @@ from orders_dlq.local_kafka import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = REPO_ROOT / "registry"
 SETTINGS = BUILD_DIR / "settings.xml"
-RUNNER = BUILD_DIR / "app" / "target" / "local-schema-registry-1-runner.jar"
-HOME = REPO_ROOT / ".registry"  # git-ignored: Maven repository, build log, run state
-MAVEN_REPO = HOME / "m2"
+BUILT_JAR = BUILD_DIR / "app" / "target" / "local-schema-registry-1-runner.jar"
+HOME = REPO_ROOT / ".registry"  # git-ignored: build log, run state
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "orders-dlq" / "schema-registry"
+MAVEN_REPO = CACHE / "m2"
 BUILD_LOG = HOME / "build.log"
-STAMP = HOME / "build-stamp"
 DEFAULT_STATE_DIR = HOME / "run"
 DEFAULT_PORT = 8081
 # The Confluent-compatible API of Apicurio lives under this path of the server.
@@ -99,12 +103,14 @@ def _stamp_text() -> str:
     return f"registry-build-sha256 {digest.hexdigest()}\n"
 
 
+def runner() -> Path:
+    """The registry jar built from the current registry/ files (named by their hash)."""
+    return CACHE / f"registry-{_stamp_text().split()[-1][:16]}-runner.jar"
+
+
 def is_built() -> bool:
-    """True if the runner jar is there and was built from the current registry/ files."""
-    try:
-        return RUNNER.is_file() and STAMP.read_text() == _stamp_text()
-    except OSError:
-        return False
+    """True if the jar for the current registry/ files is in the cache."""
+    return runner().is_file()
 
 
 def ensure_built() -> bool:
@@ -115,9 +121,9 @@ def ensure_built() -> bool:
     if not mvn:
         raise RegistryLocalError(MAVEN_REQUIRED)
     HOME.mkdir(parents=True, exist_ok=True)
-    STAMP.unlink(missing_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     _say(f"building Apicurio Registry with Maven (once, a few minutes; log in {_show(BUILD_LOG)})")
-    # `install` puts the stand-in build-step module into the build's own repository (.registry/m2),
+    # `install` puts the stand-in build-step module into the build's own repository (CACHE/m2),
     # where the Quarkus packaging of the app module then finds it.
     cmd = [mvn, "-B", "-s", str(SETTINGS), f"-Dmaven.repo.local={MAVEN_REPO}", "-f", str(BUILD_DIR / "pom.xml"),
            "install"]
@@ -127,9 +133,12 @@ def ensure_built() -> bool:
                                 timeout=1800).returncode
         except subprocess.TimeoutExpired:
             rc = -1
-    if rc != 0 or not RUNNER.is_file():
+    if rc != 0 or not BUILT_JAR.is_file():
         raise RegistryLocalError(f"Maven could not build the local Schema Registry (see {_show(BUILD_LOG)}).")
-    STAMP.write_text(_stamp_text())
+    # Copied, then renamed: an interrupted copy never looks built.
+    partial = runner().with_suffix(".partial")
+    shutil.copyfile(BUILT_JAR, partial)
+    partial.replace(runner())
     return True
 
 
@@ -193,7 +202,7 @@ class LocalRegistry:
             return pid if not sys.platform.startswith("linux") else None
         except OSError:
             return pid
-        return pid if RUNNER.name.encode() in cmdline else None
+        return pid if b"-runner.jar" in cmdline else None
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -215,7 +224,7 @@ class LocalRegistry:
                                      f"or pass another --port.")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [java, *JVM_FLAGS, f"-Dquarkus.http.host={HOST}", f"-Dquarkus.http.port={self.port}",
-               "-jar", str(RUNNER)]
+               "-jar", str(runner())]
         with open(self.log_file, "wb") as log:
             process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        cwd=self.state_dir, start_new_session=True)
@@ -333,7 +342,7 @@ def _cmd_status(args) -> int:
 
 def _cmd_build(_args) -> int:
     built = ensure_built()
-    print(f"schema-registry: {'built' if built else 'already built'}: {_show(RUNNER)}")
+    print(f"schema-registry: {'built' if built else 'already built'}: {_show(runner())}")
     return 0
 
 
