@@ -35,7 +35,7 @@ import fastavro
 import limits  # bench/limits.py, beside this file
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from orders_dlq import local_kafka
+from orders_dlq import local_kafka, local_registry
 from orders_dlq.changelog import PartitionState, parse_state_key, read_states, state_key
 from orders_dlq.settings import KafkaSettings
 
@@ -47,7 +47,8 @@ RUN_LINE = re.compile(r"this run: (\d+) orders aggregated, (\d+) dead-lettered i
 
 CASES = (
     "limit_produce", "original_design", "producer",
-    "limit_consume", "consumer_at_least_once", "consumer_exactly_once",
+    "producer_registry",
+    "limit_consume", "consumer_at_least_once", "consumer_exactly_once", "consumer_exactly_once_registry",
     "consumer_at_least_once_poison_1pct", "consumer_exactly_once_poison_1pct",
     "limit_dead_letter_forward", "dead_letter_at_least_once", "dead_letter_exactly_once",
     "latency_exactly_once", "latency_at_least_once",
@@ -158,9 +159,12 @@ LIMITS = str(BENCH / "limits.py")
 # -- the bench ----------------------------------------------------------------------------------
 
 class Bench:
-    def __init__(self, args, bootstrap: str, workdir: Path):
+    def __init__(self, args, bootstrap: str, workdir: Path, registry: str | None = None,
+                 registry_missing: str = "no Schema Registry"):
         self.args = args
         self.bootstrap = bootstrap
+        self.registry = registry  # the ccompat URL for the registry-mode cases, or None
+        self.registry_missing = registry_missing
         self.scripts = Scripts(bootstrap, workdir)
         self.results: dict[str, dict] = {name: {"runs": []} for name in CASES}
         self.has_latency_hook = "--latency" in self.scripts.run([script("consumer_aggregation.py"), "--help"])[
@@ -234,11 +238,11 @@ class Bench:
         return run
 
     # 4 and 6. consumer_aggregation.py draining a pre-filled topic
-    def consumer(self, case: str, topic: str, count: int, guarantee: str) -> dict:
+    def consumer(self, case: str, topic: str, count: int, guarantee: str, *extra: str) -> dict:
         idle = self.args.idle_timeout
         group = f"bench-{uuid.uuid4().hex[:8]}"
         data, proc = self.scripts.json([script("consumer_aggregation.py"), "-t", topic, "-g", group, "--guarantee",
-                                        guarantee, "--idle-timeout", str(idle), "--json"])
+                                        guarantee, "--idle-timeout", str(idle), "--json", *extra])
         match = RUN_LINE.search(proc["stderr"])
         if not match:
             raise BenchError("consumer_aggregation.py printed no 'this run:' line")
@@ -366,6 +370,11 @@ class Bench:
         a = self.args
         n, repeat = a.count, a.repeat
         filled: list[str] = []
+        filled_registry: list[str] = []
+        registry = ["--schema-registry", self.registry] if self.registry else []
+        if not self.registry:
+            for case in ("producer_registry", "consumer_exactly_once_registry"):
+                self.results[case]["skipped"] = self.registry_missing
         if a.warmup:
             self.warm_up(a.warmup)
         for r in range(repeat):
@@ -376,6 +385,10 @@ class Bench:
             topic = self.new_topic("orders")
             if self.guarded("producer", self.producer, "producer", topic, n):
                 filled.append(topic)
+            if registry:  # the same, in the Confluent wire format with the schema registered
+                topic = self.new_topic("registry")
+                if self.guarded("producer_registry", self.producer, "producer_registry", topic, n, *registry):
+                    filled_registry.append(topic)
         if not filled:
             raise BenchError("producer.py could not fill a topic: no consumer case can run")
         self.log(f"filling the 1% poison topic and the dead-letter topic ({a.dlq_count} all-poison messages)")
@@ -393,6 +406,9 @@ class Bench:
                                     ("exactly-once", "consumer_exactly_once")):
                 self.guarded(case, self.consumer, case, topic, n, guarantee)
                 self.guarded(case + "_poison_1pct", self.consumer, case + "_poison_1pct", poison_topic, n, guarantee)
+            if filled_registry:
+                self.guarded("consumer_exactly_once_registry", self.consumer, "consumer_exactly_once_registry",
+                             filled_registry[r % len(filled_registry)], n, "exactly-once", *registry)
             self.guarded("limit_dead_letter_forward", self.limit, "limit_dead_letter_forward", "forward", dlq_topic,
                          a.dlq_count, "-g", f"bench-limit-{uuid.uuid4().hex[:8]}", "--to", f"{dlq_topic}.DLQ")
             self.guarded("dead_letter_at_least_once", self.consumer, "dead_letter_at_least_once", dlq_topic,
@@ -610,6 +626,7 @@ def summarize(results: dict, args) -> list[dict]:
         return a / b if a and b else None
 
     for name, limit in (("producer", "limit_produce"), ("original_design", "limit_produce"),
+                        ("producer_registry", "limit_produce"), ("consumer_exactly_once_registry", "limit_consume"),
                         ("consumer_at_least_once", "limit_consume"), ("consumer_exactly_once", "limit_consume"),
                         ("consumer_at_least_once_poison_1pct", "limit_consume"),
                         ("consumer_exactly_once_poison_1pct", "limit_consume"),
@@ -679,7 +696,9 @@ def table(report: dict) -> str:
         "limit_produce": "raw produce+poll(0), flush at end",
         "original_design": "produce + flush per message",
         "producer": "producer.py --json rate (generate+encode+deliver)",
+        "producer_registry": "producer.py --schema-registry (Confluent wire format)",
         "limit_consume": "raw consume+decode+sum; whole = from subscribe()",
+        "consumer_exactly_once_registry": "exactly-once, --schema-registry",
         "consumer_at_least_once": "steady = 10%-90% via changelog; whole = 'this run' - idle",
         "consumer_exactly_once": "",
         "limit_dead_letter_forward": "raw consume + re-produce every message",
@@ -689,6 +708,9 @@ def table(report: dict) -> str:
     for name in CASES:
         case = results[name]
         if name.startswith("latency") or name in ("memory_1m", "restore", "rebalance_join"):
+            continue
+        if case.get("skipped"):
+            lines.append(f"{name:<36} skipped: {case['skipped']}")
             continue
         med = case["median"]
         ratio = case.get("ratio_to_limit")
@@ -770,6 +792,8 @@ def parse_args(argv=None):
     parser.add_argument("--json-out", type=Path, default=BENCH / "results.json", help="default bench/results.json")
     parser.add_argument("--restore-hours", type=float, default=1.0,
                         help="hours of commits (10/s per partition) in the restore case's changelog (default 1)")
+    parser.add_argument("--no-registry", action="store_true",
+                        help="skip the registry-mode cases (else SCHEMA_REGISTRY_URL, or a local registry it starts)")
     parser.add_argument("--list", action="store_true", help="print the names of the cases, one a line, and exit")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -780,6 +804,23 @@ def parse_args(argv=None):
     return args
 
 
+def schema_registry(args):
+    """For the registry-mode cases: SCHEMA_REGISTRY_URL if it answers, else a local registry of the
+    bench's own (built once, see orders_dlq/local_registry.py). Returns (URL or LocalRegistry or
+    None, why there is none)."""
+    configured = os.environ.get("SCHEMA_REGISTRY_URL", "").strip()
+    if configured and local_registry.registry_answers(configured, 10):
+        return configured, ""
+    if args.no_registry:
+        return None, "--no-registry"
+    try:
+        print("[bench] starting a local Schema Registry for the registry-mode cases", file=sys.stderr, flush=True)
+        return local_registry.start_on_free_port(ROOT / ".registry" / "bench-run"), ""
+    except local_registry.RegistryLocalError as exc:
+        print(f"[bench] no registry-mode cases: {exc}", file=sys.stderr, flush=True)
+        return None, str(exc)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.list:
@@ -788,7 +829,7 @@ def main(argv=None) -> int:
     check_durability()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: stop our broker
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    cluster = None
+    cluster = registry = None
     try:
         if configured and local_kafka.broker_reachable(configured, 10):
             bootstrap, broker = configured, "KAFKA_BOOTSTRAP_SERVERS"
@@ -800,8 +841,10 @@ def main(argv=None) -> int:
             print("[bench] starting a fresh local broker in .kafka/bench-broker", file=sys.stderr, flush=True)
             cluster.start(timeout=120, fresh=True)
             bootstrap, broker = cluster.bootstrap, "started by the bench"
+        registry, registry_missing = schema_registry(args)
+        url = registry if isinstance(registry, str) else (registry.url if registry else None)
         with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
-            bench = Bench(args, bootstrap, Path(workdir))
+            bench = Bench(args, bootstrap, Path(workdir), url, registry_missing)
             began = time.monotonic()
             try:
                 bench.run()
@@ -823,6 +866,8 @@ def main(argv=None) -> int:
     finally:
         if cluster is not None:
             cluster.stop()
+        if registry is not None and not isinstance(registry, str):
+            registry.stop()
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(table(report))

@@ -104,12 +104,13 @@ def _stamp_text() -> str:
 
 
 def runner() -> Path:
-    """The registry jar built from the current registry/ files (named by their hash)."""
-    return CACHE / f"registry-{_stamp_text().split()[-1][:16]}-runner.jar"
+    """The registry built from the current registry/ files: a directory named by their hash holding
+    the runner jar and the lib/ directory its manifest's class path points into."""
+    return CACHE / f"registry-{_stamp_text().split()[-1][:16]}" / BUILT_JAR.name
 
 
 def is_built() -> bool:
-    """True if the jar for the current registry/ files is in the cache."""
+    """True if the build for the current registry/ files is in the cache."""
     return runner().is_file()
 
 
@@ -136,9 +137,12 @@ def ensure_built() -> bool:
     if rc != 0 or not BUILT_JAR.is_file():
         raise RegistryLocalError(f"Maven could not build the local Schema Registry (see {_show(BUILD_LOG)}).")
     # Copied, then renamed: an interrupted copy never looks built.
-    partial = runner().with_suffix(".partial")
-    shutil.copyfile(BUILT_JAR, partial)
-    partial.replace(runner())
+    partial = runner().parent.with_suffix(".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(BUILT_JAR.parent / "lib", partial / "lib")
+    shutil.copyfile(BUILT_JAR, partial / BUILT_JAR.name)
+    shutil.rmtree(runner().parent, ignore_errors=True)
+    partial.replace(runner().parent)
     return True
 
 
