@@ -317,6 +317,13 @@ class OrderCodec(AvroCodec):
             self._tail = avro_long(micros)[2:]
         return _TWO_LOW_BYTES[(micros << 1) & 0x3FFF] + self._tail
 
+    def decode_with(self, data: bytes | None, writer) -> dict:
+        if writer is None and self.fast and data:
+            record = decode_order_fast(data)
+            if record is not None:
+                return record
+        return super().decode_with(data, writer)  # anything unusual, and the reason when it fails
+
     def decode(self, data: bytes | None) -> dict:
         """A schemaless order written with the current schema or an older version of it."""
         try:
@@ -342,6 +349,65 @@ class OrderCodec(AvroCodec):
             except DecodeError:
                 continue
         return False
+
+
+def _read_long(data: bytes, position: int) -> tuple[int, int]:
+    """An Avro zig-zag varint at `position`: (value, next position). IndexError past the end;
+    ValueError for what does not fit a long (fastavro then gives the reason)."""
+    byte = data[position]
+    position += 1
+    value = byte & 0x7F
+    shift = 7
+    while byte & 0x80:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if shift > 70:
+            raise ValueError("varint longer than 10 bytes")
+    if value >> 64:
+        raise ValueError("varint beyond 64 bits")
+    return (value >> 1) ^ -(value & 1), position
+
+
+_PRICES_READ: dict[bytes, Decimal] = {}
+
+
+def decode_order_fast(data: bytes) -> dict | None:
+    """The order of the four-field layout (ORDER_LAYOUT) in `data`, read by hand, or None for
+    anything it does not read cleanly (the caller then asks fastavro, which gives the reason).
+
+    It returns exactly what the fastavro path returns whenever it returns at all: a property test
+    checks both on arbitrary and on damaged bytes. A consumer decodes every order; this takes
+    about a third of the fastavro path's time."""
+    try:
+        size, position = _read_long(data, 0)
+        end = position + size
+        if size < 0 or end > len(data):
+            return None
+        order_id = data[position:end].decode("utf-8")
+        size, position = _read_long(data, end)
+        end = position + size
+        if size < 0 or end > len(data):
+            return None
+        product = data[position:end].decode("utf-8")
+        size, position = _read_long(data, end)
+        end = position + size
+        if size < 0 or end > len(data):
+            return None
+        raw_price = data[position:end]
+        price = _PRICES_READ.get(raw_price)
+        if price is None:
+            price = decimal_from_bytes(raw_price, PRICE_SCALE)
+            if len(_PRICES_READ) >= FIELD_CACHE_SIZE:
+                _PRICES_READ.clear()  # bounded, whatever the input
+            _PRICES_READ[raw_price] = price  # Decimals are immutable: one per price is shared
+        created_at, position = _read_long(data, end)
+    except (IndexError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    if position != len(data):
+        return None
+    return {"order_id": order_id, "product": product, "price": price, "created_at": created_at}
 
 
 def _canonical(raw: dict) -> str:

@@ -19,12 +19,19 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
-
 from orders_dlq.codec import DecodeError, OrderCodec, confluent_header, order_codec, split_confluent_frame
 from orders_dlq.errors import ToolFailure, UsageError
 from orders_dlq.settings import setting
+
+
+def _registry_client():
+    """confluent_kafka.schema_registry, imported on first use: the import takes most of a second,
+    which a script started without --schema-registry should not pay."""
+    import confluent_kafka.schema_registry as client
+    import confluent_kafka.schema_registry.error  # noqa: F401 - makes client.error available
+
+    return client
+
 
 COMPATIBILITY_LEVELS = ("BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL",
                         "FULL_TRANSITIVE", "NONE")
@@ -122,14 +129,14 @@ class Registry:
     def __init__(self, settings: RegistrySettings):
         self.settings = settings
         try:
-            self.client = SchemaRegistryClient(settings.client_config())
+            self.client = _registry_client().SchemaRegistryClient(settings.client_config())
         except ValueError as exc:
             raise UsageError(f"the schema registry settings are not valid: {exc}") from None
 
     def call(self, what: str, method, *args, **kwargs):
         try:
             return method(*args, **kwargs)
-        except SchemaRegistryError:
+        except _registry_client().error.SchemaRegistryError:
             raise
         except Exception as exc:  # noqa: BLE001 - httpx raises many kinds; all mean the same to the operator
             raise ToolFailure(f"the schema registry at {self.settings.shown_url} could not {what}: "
@@ -140,8 +147,8 @@ class Registry:
         subject = value_subject(topic)
         try:
             return self.call("register a schema", self.client.register_schema, subject,
-                             Schema(json.dumps(codec.schema), "AVRO"))
-        except SchemaRegistryError as exc:
+                             _registry_client().Schema(json.dumps(codec.schema), "AVRO"))
+        except _registry_client().error.SchemaRegistryError as exc:
             if exc.http_status_code == 409:
                 raise UsageError(f"the schema registry refuses this order schema for {subject}: it is not "
                                  f"compatible with the versions registered there ({exc.error_message})") from None
@@ -156,7 +163,7 @@ class Registry:
         """The subject's own compatibility level, None if it has none (the global default applies)."""
         try:
             return self.call("read a compatibility level", self.client.get_compatibility, subject)
-        except SchemaRegistryError as exc:
+        except _registry_client().error.SchemaRegistryError as exc:
             if exc.http_status_code == 404:
                 return None
             raise ToolFailure(f"the schema registry at {self.settings.shown_url} could not read the compatibility "
@@ -165,13 +172,13 @@ class Registry:
     def global_compatibility(self) -> str | None:
         try:
             return self.call("read a compatibility level", self.client.get_compatibility)
-        except SchemaRegistryError:
+        except _registry_client().error.SchemaRegistryError:
             return None
 
     def set_compatibility(self, subject: str, level: str) -> None:
         try:
             self.call("set a compatibility level", self.client.set_compatibility, subject, level)
-        except SchemaRegistryError as exc:
+        except _registry_client().error.SchemaRegistryError as exc:
             raise ToolFailure(f"the schema registry at {self.settings.shown_url} refused compatibility {level} "
                               f"for {subject}: {exc}") from None
 
@@ -232,7 +239,7 @@ class RegistryOrderCodec:
             try:
                 raw = self.registry.schema(schema_id)
                 break
-            except SchemaRegistryError as exc:
+            except _registry_client().error.SchemaRegistryError as exc:
                 if exc.http_status_code == 404:
                     if len(self._unknown) < 1000:  # bounded, like the cache of known ids
                         self._unknown.add(schema_id)
@@ -355,8 +362,8 @@ class RegistryDeadLetterCodec:
         subject = value_subject(dlq_topic)
         try:
             schema_id = registry.call("register a schema", registry.client.register_schema, subject,
-                                      Schema(json.dumps(codec.codec.schema), "AVRO"))
-        except SchemaRegistryError as exc:
+                                      _registry_client().Schema(json.dumps(codec.codec.schema), "AVRO"))
+        except _registry_client().error.SchemaRegistryError as exc:
             raise ToolFailure(f"the schema registry at {registry.settings.shown_url} refused the dead-letter schema "
                               f"under {subject}: {exc}") from None
         self.header = confluent_header(schema_id)

@@ -248,3 +248,16 @@ def test_negative_text_position_is_read():
 def test_malformed_text_position_does_not_crash(value):
     letter = dead_letter_from_headers(b"v", [("__connect.errors.partition", value)], None)
     assert letter.original_partition is None
+
+
+def test_the_cheap_failure_timestamp_is_the_utc_iso_time_of_now():
+    from datetime import UTC, datetime
+
+    from orders_dlq.dead_letter import utc_now_iso
+
+    for _ in range(3):
+        before = datetime.now(UTC)
+        stamped = datetime.fromisoformat(utc_now_iso())
+        after = datetime.now(UTC)
+        assert stamped.utcoffset().total_seconds() == 0
+        assert before <= stamped <= after

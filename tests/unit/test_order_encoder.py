@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orders_dlq.codec import ORDER_SCHEMA_FILE, AvroCodec, order_codec
+from orders_dlq.codec import ORDER_SCHEMA_FILE, AvroCodec, DecodeError, decode_order_fast, order_codec
 from orders_dlq.orders import OrderGenerator
 
 FAST = order_codec()
@@ -78,3 +78,40 @@ def test_equal_prices_written_differently_share_one_encoding_as_in_fastavro():
     for price in ("12.3", "12.30", "12.3", "-0.5", "-0.50"):
         order = {"order_id": "x", "product": "Toffee", "price": Decimal(price), "created_at": 1}
         assert codec.encode(order) == REFERENCE.encode(order)
+
+
+def _fastavro_path(data: bytes):
+    """What the generic fastavro path gives for these bytes: the record, or the DecodeError."""
+    try:
+        return REFERENCE.decode(data)
+    except DecodeError as exc:
+        return exc
+
+
+def _damaged(order: dict, cut: int, flip: int, extra: bytes) -> bytes:
+    data = bytearray(REFERENCE.encode(order))
+    if data and flip >= 0:
+        data[flip % len(data)] ^= 1 << (flip % 8)
+    return bytes(data[:len(data) - cut] if cut else data) + extra
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=80),
+                 st.builds(_damaged, orders, st.integers(0, 4), st.integers(-1, 200), st.binary(max_size=3))))
+def test_the_hand_written_decoder_returns_what_fastavro_returns_or_nothing(data):
+    # The fast path may decline (None) anything; whatever it returns must be fastavro's record,
+    # and it must never accept bytes the fastavro path refuses.
+    expected = _fastavro_path(data)
+    fast = decode_order_fast(data)
+    if isinstance(expected, DecodeError):
+        assert fast is None
+    elif fast is not None:
+        assert fast == expected and list(fast) == list(expected)
+    assert (FAST.decode(data) if not isinstance(expected, DecodeError) else expected) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(orders)
+def test_every_well_formed_order_is_read_by_the_fast_path(order):
+    data = REFERENCE.encode(order)
+    assert decode_order_fast(data) == REFERENCE.decode(data)
