@@ -332,6 +332,13 @@ def _text(value: str) -> bytes:
     return avro_length(len(data)) + data
 
 
+@functools.lru_cache(maxsize=1024)
+def _repeated_text(value: str) -> bytes:
+    """_text() of the fields that repeat from one dead letter to the next (topic, group, error
+    type and stage), encoded once."""
+    return _text(value)
+
+
 def _blob(value: bytes) -> bytes:
     return avro_length(len(value)) + value
 
@@ -369,8 +376,9 @@ class DeadLetterCodec:
             _NULL if d.order_id is None else _PRESENT + _text(d.order_id),
             _NULL if d.product is None else _PRESENT + _text(d.product),
             _NULL if d.price is None else _PRESENT + _blob(avro_decimal(unscaled_cents(d.price))),
-            _text(d.error_reason), _text(d.error_type), _text(d.error_stage), _text(d.error_timestamp),
-            avro_long(d.retry_count), avro_long(d.replay_count), _text(d.original_topic),
+            _text(d.error_reason), _repeated_text(d.error_type), _repeated_text(d.error_stage),
+            _text(d.error_timestamp), avro_long(d.retry_count), avro_long(d.replay_count),
+            _repeated_text(d.original_topic),
             _NULL if d.original_partition is None else _PRESENT + avro_long(d.original_partition),
             _NULL if d.original_offset is None else _PRESENT + avro_long(d.original_offset),
             _NULL if d.original_timestamp is None else _PRESENT + avro_long(d.original_timestamp),
@@ -383,7 +391,7 @@ class DeadLetterCodec:
                 out.append(_text(key))
                 out.append(_NULL if value is None else _PRESENT + _blob(value))
         out.append(_EMPTY_ARRAY)
-        out.append(_text(d.failed_by))
+        out.append(_repeated_text(d.failed_by))
         return b"".join(out)
 
     def decode_message(self, value: bytes | None, headers: list | None, key: bytes | None = None,
