@@ -19,12 +19,9 @@ cannot be replayed (no original value), are passed over the same way and reporte
 
 from __future__ import annotations
 
-import json
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -37,8 +34,9 @@ from orders_dlq.dead_letter import (
     without_error_context,
 )
 from orders_dlq.errors import ToolFailure, UsageError
-from orders_dlq.kafka import admin_client, read_to_end, reader_config, reliable_producer_config
+from orders_dlq.kafka import admin_client, reader_config, reliable_producer_config
 from orders_dlq.logs import log
+from orders_dlq.marks import REPLAYED, Mark, mark_key, marks_topic, now_iso, read_marks
 from orders_dlq.monitor import describe
 from orders_dlq.runtime import Progress, StopFlag
 from orders_dlq.selection import Selection, UnreadableRecord, error_time, read_dead_letter
@@ -47,54 +45,13 @@ from orders_dlq.settings import KafkaSettings
 DEFAULT_MAX_REPLAYS = 3
 
 REPLAY, HELD, UNREPLAYABLE, ALREADY_REPLAYED = "replay", "held", "unreplayable", "already_replayed"
+ALREADY_HANDLED = "already_handled"  # resolved or discarded by an operator
 
 
 def replay_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes | None]]:
     """The original headers without any error context, plus the new replay count."""
     replayed = (REPLAY_COUNT_HEADER, str(dead_letter.replay_count + 1).encode())
     return [*without_error_context(dead_letter.original_headers), replayed]
-
-
-def status_topic(dlq_topic: str) -> str:
-    """The compacted ledger beside a DLQ: one record per dead letter replayed (created by setup_dlq.py)."""
-    return f"{dlq_topic}.status"
-
-
-def ledger_key(dead_letter: DeadLetter, dlq_topic: str, partition: int, offset: int) -> bytes:
-    """Who a dead letter is: its original message when known (so that copies of one dead letter
-    share a key), else its own place in the DLQ (a produce failure never had an offset)."""
-    if dead_letter.original_partition is not None and dead_letter.original_offset is not None:
-        return json.dumps(["original", dead_letter.original_topic, dead_letter.original_partition,
-                           dead_letter.original_offset]).encode()
-    return json.dumps(["dlq", dlq_topic, partition, offset]).encode()
-
-
-def read_ledger(settings: KafkaSettings, topic: str, timeout: float = 120.0) -> set[bytes]:
-    """The keys of every dead letter whose latest ledger record says `replayed`.
-
-    Records that are not ours (foreign bytes, tombstones) are passed over; a tombstone removes its key.
-    """
-    reader = Consumer(reader_config(settings, f"replay-ledger-{uuid.uuid4()}"))
-    try:
-        metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise ToolFailure(f"the replay ledger {topic} does not exist: run `python setup_dlq.py` first")
-        replayed: set[bytes] = set()
-        for message in read_to_end(reader, [TopicPartition(topic, p, 0) for p in metadata.partitions], timeout):
-            key = message.key()
-            if key is None:
-                continue
-            try:
-                status = json.loads(message.value())["status"] if message.value() is not None else None
-            except Exception:  # noqa: BLE001 - not a record of ours
-                continue
-            if status == "replayed":
-                replayed.add(key)
-            else:
-                replayed.discard(key)
-        return replayed
-    finally:
-        reader.close()
 
 
 @dataclass
@@ -106,7 +63,7 @@ class ReplayOptions:
     rate: float | None = None           # messages per second
     limit: int | None = None            # selected dead letters
     dry_run: bool = False
-    force: bool = False                 # replay even what the ledger says was replayed already
+    force: bool = False                 # replay even what the marks say was replayed, resolved or discarded
     from_beginning: bool = False
     batch_size: int = 500
     commit_interval: float = 1.0
@@ -149,7 +106,8 @@ class ReplayResult:
     held: int = 0              # loop guard
     unreplayable: int = 0      # selected, but nothing to send (no original value)
     unreadable: int = 0        # not a dead letter at all
-    already_replayed: int = 0  # selected, but the ledger says it was replayed before (no --force)
+    already_replayed: int = 0  # selected, but the marks say it was replayed before (no --force)
+    already_handled: int = 0   # selected, but marked resolved or discarded (no --force)
     targets: dict[str, int] = field(default_factory=dict)
     held_at: list[str] = field(default_factory=list)
     unreplayable_at: list[str] = field(default_factory=list)
@@ -161,8 +119,8 @@ class ReplayResult:
     def to_json(self) -> dict:
         data = {name: getattr(self, name) for name in (
             "dry_run", "group", "dlq_topic", "scanned", "selected", "replayed", "would_replay", "skipped", "held",
-            "unreplayable", "unreadable", "already_replayed", "targets", "held_at", "unreplayable_at",
-            "reached_end", "stopped_by")}
+            "unreplayable", "unreadable", "already_replayed", "already_handled", "targets", "held_at",
+            "unreplayable_at", "reached_end", "stopped_by")}
         data["elapsed_seconds"] = round(self.elapsed_seconds, 3)
         if self.dry_run:
             data["listing"] = [decision.to_json() for decision in self.listing]
@@ -173,6 +131,7 @@ class ReplayResult:
         lines = [f"{'dry run: ' if self.dry_run else ''}scanned {self.scanned} message(s) of {self.dlq_topic} "
                  f"as group {self.group}: selected {self.selected}, {sent}, held {self.held} (loop guard), "
                  f"unreplayable {self.unreplayable}, already replayed {self.already_replayed}, "
+                 f"resolved or discarded {self.already_handled}, "
                  f"skipped {self.skipped} (not selected)"
                  + (f", unreadable {self.unreadable}" if self.unreadable else "")]
         lines += [f"  {count:>7}  -> {topic}" for topic, count in sorted(self.targets.items())]
@@ -211,9 +170,10 @@ class Replayer:
         self.batch_held: list[str] = []
         self.batch_unreplayable: list[str] = []
         self.batch_counts = dict.fromkeys(("scanned", "selected", "replayed", "would_replay", "skipped", "held",
-                                           "unreplayable", "unreadable", "already_replayed"), 0)
-        self.ledger_topic = status_topic(self.dlq_topic)
-        self.replayed_keys: set[bytes] = set()  # read from the ledger at start, grown by this run
+                                           "unreplayable", "unreadable", "already_replayed",
+                                           "already_handled"), 0)
+        self.marks_topic = marks_topic(self.dlq_topic)
+        self.marks: dict[bytes, Mark] = {}  # read from the marks topic at start, grown by this run
         self.delivery_errors = transactions.DeliveryErrors()
         self.pace_started: float | None = None
         self.paced = 0
@@ -227,7 +187,7 @@ class Replayer:
                 transactions.init_transactions(self.producer, "the replay")
             if self.options.to_topic:
                 self._target_partitions(self.options.to_topic)
-            self.replayed_keys = read_ledger(self.settings, self.ledger_topic)
+            self.marks = read_marks(self.settings, self.dlq_topic)
             self._loop(*self._bounds())
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
@@ -344,7 +304,7 @@ class Replayer:
         if not self.options.selection.selects(record):
             self._record(partition, offset, "skipped")
             return
-        key = ledger_key(dead_letter, self.dlq_topic, partition, offset)
+        key = mark_key(dead_letter, self.dlq_topic, partition, offset)
         decision = self._decide(dead_letter, position, key)
         if decision.action == REPLAY and not self.options.dry_run:
             self._target_partitions(decision.target)
@@ -355,7 +315,8 @@ class Replayer:
             self._send(dead_letter, decision.target)
             self._mark_replayed(key, partition, offset, decision.target)
         if decision.action == REPLAY:
-            self.replayed_keys.add(key)  # a second copy of this dead letter, later in this run, is not sent
+            # A second copy of this dead letter, later in this run, is not sent.
+            self.marks[key] = Mark(REPLAYED, now_iso(), self.options.group, target=decision.target)
             self._record(partition, offset, "would_replay" if self.options.dry_run else "replayed", selected=True)
             self.batch_targets[decision.target] = self.batch_targets.get(decision.target, 0) + 1
         elif decision.action == HELD:
@@ -363,6 +324,8 @@ class Replayer:
             self.batch_held.append(position)
         elif decision.action == ALREADY_REPLAYED:
             self._record(partition, offset, "already_replayed", selected=True)
+        elif decision.action == ALREADY_HANDLED:
+            self._record(partition, offset, "already_handled", selected=True)
         else:
             self._record(partition, offset, "unreplayable", selected=True)
             self.batch_unreplayable.append(position)
@@ -386,9 +349,11 @@ class Replayer:
     def _decide(self, dead_letter: DeadLetter, position: str, key: bytes) -> Decision:
         if dead_letter.original_value is None:
             return Decision(position, UNREPLAYABLE, dead_letter, why="no original value to send")
-        if key in self.replayed_keys and not self.options.force:
-            return Decision(position, ALREADY_REPLAYED, dead_letter,
-                            why=f"replayed before, says {self.ledger_topic} (--force sends it again)")
+        mark = self.marks.get(key)
+        if mark is not None and not self.options.force:
+            by = f"{mark.status} by {mark.by or '?'} at {mark.at or '?'}" + (f" ({mark.note})" if mark.note else "")
+            return Decision(position, ALREADY_REPLAYED if mark.status == REPLAYED else ALREADY_HANDLED, dead_letter,
+                            why=f"{by}, says {self.marks_topic} (--force sends it all the same)")
         if dead_letter.replay_count >= self.options.max_replays:
             return Decision(position, HELD, dead_letter,
                             why=f"replayed {dead_letter.replay_count} time(s) already, --max-replays "
@@ -408,10 +373,9 @@ class Replayer:
                       headers=replay_headers(dead_letter), **extra)
 
     def _mark_replayed(self, key: bytes, partition: int, offset: int, target: str) -> None:
-        """The ledger record, in the same transaction as the original it stands for: both or neither."""
-        value = json.dumps({"status": "replayed", "at": datetime.now(UTC).isoformat(), "by": self.options.group,
-                            "dlq": [self.dlq_topic, partition, offset], "target": target}).encode()
-        self._produce(self.ledger_topic, key=key, value=value)
+        """The mark, in the same transaction as the original it stands for: both or neither."""
+        mark = Mark(REPLAYED, now_iso(), self.options.group, target=target)
+        self._produce(self.marks_topic, key=key, value=mark.to_bytes(f"{self.dlq_topic}[{partition}]@{offset}"))
 
     def _produce(self, topic: str, **message) -> None:
         """Produce into the open transaction."""

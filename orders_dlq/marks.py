@@ -1,0 +1,194 @@
+"""The status of dead letters, kept in Kafka so that every tool on every machine sees the same one.
+
+Beside each DLQ is a compacted topic `<dlq>.status` (created by setup_dlq.py). Its key says which
+dead letter (see `mark_key`), its value what became of it, as JSON:
+
+    {"status": "replayed" | "resolved" | "discarded", "at": ISO-8601, "by": who, "note": text,
+     "target": topic a replay sent it to (replayed only)}
+
+Compaction keeps the latest record per key for good, so the topic is as large as the number of
+dead letters ever marked, not the number of marks written. A dead letter without a record is
+`open`; a tombstone (null value) for its key reopens it. The replayer writes `replayed` inside the
+transaction that sends the original (both or neither); `resolved` and `discarded` are written by
+an operator (dlq_replay.py --resolve / --discard, or the console).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from orders_dlq import transactions
+from orders_dlq.dead_letter import DeadLetter
+from orders_dlq.errors import ToolFailure
+from orders_dlq.kafka import reader_config, reliable_producer_config, settle
+from orders_dlq.logs import log
+from orders_dlq.settings import KafkaSettings
+
+OPEN, REPLAYED, RESOLVED, DISCARDED = "open", "replayed", "resolved", "discarded"
+MARKED = (REPLAYED, RESOLVED, DISCARDED)
+STATUSES = (OPEN, *MARKED)
+
+# Reading the marks gives up only when the broker sends nothing at all for this long although the
+# end is not reached: a large marks topic takes as long as it takes.
+STALL_TIMEOUT = 60.0
+
+
+def marks_topic(dlq_topic: str) -> str:
+    """The compacted topic beside a DLQ holding the latest mark of each dead letter."""
+    return f"{dlq_topic}.status"
+
+
+def mark_key(dead_letter: DeadLetter, dlq_topic: str, partition: int, offset: int) -> bytes:
+    """Who a dead letter is: its original message when known (so that copies of one dead letter
+    share a key and a mark), else its own place in the DLQ (a produce failure never had an offset)."""
+    if dead_letter.original_partition is not None and dead_letter.original_offset is not None:
+        return json.dumps(["original", dead_letter.original_topic, dead_letter.original_partition,
+                           dead_letter.original_offset]).encode()
+    return json.dumps(["dlq", dlq_topic, partition, offset]).encode()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Mark:
+    """What became of one dead letter, who said so and when."""
+
+    status: str
+    at: str
+    by: str
+    note: str = ""
+    target: str | None = None  # where a replay sent it
+
+    def to_bytes(self, position: str | None = None) -> bytes:
+        value = {"status": self.status, "at": self.at, "by": self.by, "note": self.note}
+        if self.target is not None:
+            value["target"] = self.target
+        if position is not None:
+            value["dlq"] = position  # where the dead letter was when marked, for people reading the topic
+        return json.dumps(value).encode()
+
+    @classmethod
+    def from_bytes(cls, value: bytes) -> Mark | None:
+        """The mark a record holds; None for anything that is not a mark of ours."""
+        try:
+            data = json.loads(value)
+            status = data["status"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if status not in MARKED:
+            return None
+        target = data.get("target")
+        return cls(status, str(data.get("at") or ""), str(data.get("by") or ""), str(data.get("note") or ""),
+                   target if isinstance(target, str) else None)
+
+
+def status_of(marks: dict[bytes, Mark], key: bytes) -> str:
+    mark = marks.get(key)
+    return OPEN if mark is None else mark.status
+
+
+def read_marks(settings: KafkaSettings, dlq_topic: str, timeout: float = STALL_TIMEOUT) -> dict[bytes, Mark]:
+    """The latest mark of every marked dead letter, read from the marks topic to its current end.
+
+    Memory is bounded by the compacted topic (one entry per dead letter ever marked). `timeout`
+    bounds only a stall (nothing received while the end is not reached), never the whole read.
+    Records that are not ours are passed over; a tombstone reopens its key.
+    """
+    topic = marks_topic(dlq_topic)
+    reader = Consumer(reader_config(settings, f"dlq-marks-{uuid.uuid4()}"))
+    try:
+        try:
+            metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException as exc:
+            raise ToolFailure(f"cannot read the marks topic {topic}: {exc.args[0].str()}") from None
+        if metadata is None or metadata.error is not None:
+            raise ToolFailure(f"the marks topic {topic} does not exist: run `python setup_dlq.py` first")
+        marks: dict[bytes, Mark] = {}
+        for message in _read_to_end(reader, topic, sorted(metadata.partitions), timeout):
+            key = message.key()
+            if key is None:
+                continue
+            value = message.value()
+            mark = None if value is None else Mark.from_bytes(value)
+            if mark is None:
+                if value is not None:
+                    log.debug("%s[%d]@%d is not a mark: passed over", topic, message.partition(), message.offset())
+                    continue
+                marks.pop(key, None)  # tombstone: open again
+            else:
+                marks[key] = mark
+        return marks
+    finally:
+        reader.close()
+
+
+def _read_to_end(reader: Consumer, topic: str, partitions: list[int], stall_timeout: float):
+    """Every message up to each partition's end as it is now; fails only when the broker goes quiet."""
+    ends = {}
+    for partition in partitions:
+        try:
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        except KafkaException as exc:
+            raise ToolFailure(f"cannot read the end of {topic}[{partition}]: {exc.args[0].str()}") from None
+        if high > low:
+            ends[partition] = high
+    if not ends:
+        return
+    # With read_committed the readable end can be below the high watermark (an open replay
+    # transaction, or commit markers): partition EOF, not the offset, says we are there.
+    reader.assign([TopicPartition(topic, p, 0) for p in ends])
+    pending = set(ends)
+    last_progress = time.monotonic()
+    while pending:
+        messages = reader.consume(1000, timeout=0.5)
+        if messages:
+            last_progress = time.monotonic()
+        elif time.monotonic() - last_progress > stall_timeout:
+            raise ToolFailure(f"nothing received from {topic} for {stall_timeout:g}s although partition(s) "
+                              f"{sorted(pending)} are not read to their end")
+        for message in messages:
+            error = message.error()
+            if error is None:
+                if message.partition() in pending:
+                    yield message
+                    if message.offset() + 1 >= ends[message.partition()]:
+                        pending.discard(message.partition())
+            elif error.code() == KafkaError._PARTITION_EOF:
+                pending.discard(message.partition())
+            elif error.fatal():
+                raise ToolFailure(f"reading {topic}: {error.str()}")
+            else:
+                log.warning("reading %s: %s", topic, error.str())
+
+
+def write_marks(settings: KafkaSettings, dlq_topic: str, marks: Iterable[tuple[bytes, Mark]],
+                delivery_timeout: float = 30.0) -> int:
+    """Write marks (key, Mark) and wait until the broker confirmed each one; returns how many.
+
+    Idempotent producer with acks=all: a retry never writes a mark twice or out of order, and a
+    mark counts only once every in-sync replica has it. Writing the same mark again is harmless
+    (compaction keeps the latest), so a failed run is simply run again.
+    """
+    topic = marks_topic(dlq_topic)
+    errors = transactions.DeliveryErrors()
+    producer = Producer(reliable_producer_config(settings, delivery_timeout))
+    written = 0
+    try:
+        for key, mark in marks:
+            transactions.produce(producer, topic, key=key, value=mark.to_bytes(), on_delivery=errors)
+            written += 1
+    finally:
+        settle(producer)
+    if errors:
+        raise ToolFailure(f"{len(errors.errors)} of {written} mark(s) were not written ({errors.first}); "
+                          "run the same command again to write them")
+    return written
