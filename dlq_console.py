@@ -15,6 +15,7 @@ import orders_dlq.python_version  # noqa: F401  first: below Python 3.11, one se
 
 # isort: split
 
+import contextlib
 import socket
 import threading
 
@@ -24,6 +25,7 @@ from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.logs import log
 from orders_dlq.marks import marks_topic
 from orders_dlq.replay import DEFAULT_MAX_REPLAYS
+from orders_dlq.runtime import StopFlag
 from orders_dlq.settings import kafka_settings, non_negative, positive, setting
 
 EXAMPLE = "python dlq_console.py --port 8765      # then open the printed http://127.0.0.1:8765/?token=... address"
@@ -87,8 +89,21 @@ def main(argv=None) -> int:
                     "(run `python setup_dlq.py` to create it)", marks_topic(settings.dlq_topic))
     sock = listen(args.host, args.port)
     console = Console(config)
-    server = uvicorn.Server(uvicorn.Config(build_app(console), log_level="warning", access_log=False,
-                                           lifespan="on"))
+    stop = StopFlag().install()
+
+    class ConsoleServer(uvicorn.Server):
+        """uvicorn, stopped by our StopFlag like every script (exit 0), not by re-raising the signal."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+        async def on_tick(self, counter: int) -> bool:
+            if stop:
+                self.should_exit = True
+            return await super().on_tick(counter)
+
+    server = ConsoleServer(uvicorn.Config(build_app(console), log_level="warning", access_log=False, lifespan="on"))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"dlq_console: {settings.dlq_topic} at http://{shown}:{port}/?token={console.token}"

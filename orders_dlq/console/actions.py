@@ -73,7 +73,8 @@ class Actions:
         decision = decisions[0]
         return {"dry_run": dry_run, "action": decision.action, "target": decision.target, "why": decision.why,
                 "position": decision.position, "replayed": result.replayed, "would_replay": result.would_replay,
-                "summary": result.text()}
+                # Its first line: the rest speaks of running the CLI again, which means nothing here.
+                "summary": result.text().splitlines()[0]}
 
     def mark(self, record_letter, partition: int, offset: int, status: str, note: str) -> tuple[bytes, Mark]:
         """Write a resolved or discarded mark for one dead letter; returns its key and mark once confirmed."""

@@ -205,7 +205,8 @@ def build_app(console: Console) -> Starlette:
                 if console.config.read_only:
                     return bad_request("This console runs with --read-only: it changes nothing.", 403)
                 if request.method == "POST" and request.headers.get(ACTION_HEADER) != "dlq-console":
-                    return forbidden(api)
+                    return bad_request("Actions are taken from the console's own page (the X-Requested-By: "
+                                       "dlq-console header is missing).", 403)
             try:
                 return await handler(request)
             except UsageError as exc:

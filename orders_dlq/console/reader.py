@@ -508,9 +508,8 @@ class DlqIndex(Follower):
         with self.lock:
             readable = self.total - self.by_kind["unreadable"] - self.by_kind["tombstone"]
             series_names = [*self.reasons, *(["other"] if "other" in self.by_reason else [])]
-            minutes = sorted(self.buckets)
-            series = {name: [self.buckets[m].get(name, 0) for m in minutes] for name in series_names}
             current = int(now // BUCKET_SECONDS)
+            minutes, series = chart_series(self.buckets, series_names, current)
             last_minute = sum(self.buckets.get(current, Counter()).values())
             previous = sum(self.buckets.get(current - 1, Counter()).values())
             # Per minute over the last 60 s: this minute so far plus the matching share of the one before.
@@ -535,10 +534,35 @@ class DlqIndex(Follower):
                 "oldest_known": len(self.oldest) < OLDEST_KEPT or oldest_open is not None,
                 "rate_per_minute": round(rate, 2),
                 "newest_failed_at": None if self.newest is None else iso(datetime.fromtimestamp(self.newest, UTC)),
-                "chart": {"minutes": [m * BUCKET_SECONDS for m in minutes], "series": series},
+                "chart": {"times": minutes, "series": series,
+                          "step_minutes": (minutes[1] - minutes[0]) // BUCKET_SECONDS if len(minutes) > 1 else 1},
                 "indexing": {"done": self.caught_up(), "indexed": indexed,
                              "end": sum(self.ends.values()) - sum(self.lows.values()), "error": self.error},
             }
+
+
+CHART_STEPS = (1, 5, 15, 60, 180, 360)  # minutes per point; the smallest that keeps the chart under MAX_POINTS
+MAX_POINTS = 720
+
+
+def chart_series(buckets: dict[int, Counter], names: list[str], current: int,
+                 hour_at_least: int = 60) -> tuple[list[int], dict[str, list[int]]]:
+    """Counts per reason over time, zero-filled from the first dead letter (or the last hour) to now,
+    in steps wide enough that a week of minutes still makes a chart of at most MAX_POINTS points."""
+    first = min(min(buckets, default=current), current - hour_at_least + 1)
+    last = max(current, max(buckets, default=current))
+    span = last - first + 1
+    step = next((size for size in CHART_STEPS if span / size <= MAX_POINTS), CHART_STEPS[-1])
+    first -= first % step
+    count = (last - first) // step + 1
+    series = {name: [0] * count for name in names}
+    for minute, counter in buckets.items():
+        index = (minute - first) // step
+        if 0 <= index < count:
+            for name, value in counter.items():
+                if name in series:
+                    series[name][index] += value
+    return [(first + i * step) * BUCKET_SECONDS for i in range(count)], series
 
 
 def rss_bytes() -> int | None:

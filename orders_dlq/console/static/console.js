@@ -54,8 +54,8 @@ const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b
 
 function drawChart(chart) {
   const names = Object.keys(chart.series);
-  const data = [chart.minutes, ...names.map((name) => chart.series[name])];
-  const key = names.join("\u0000");
+  const data = [chart.times, ...names.map((name) => chart.series[name])];
+  const key = names.join("\u0000") + "/" + chart.step_minutes;
   if (state.chart && state.chartNames === key) { state.chart.setData(data); return; }
   if (state.chart) state.chart.destroy();
   state.chartNames = key;
@@ -63,8 +63,8 @@ function drawChart(chart) {
   state.chart = new uPlot({
     width, height: 260,
     series: [{}, ...names.map((name, i) => ({ label: name, stroke: COLOURS[i % COLOURS.length], width: 2,
-                                              points: { show: chart.minutes.length < 3 } }))],
-    axes: [{}, { label: "per minute" }],
+                                              points: { show: false } }))],
+    axes: [{}, { label: chart.step_minutes > 1 ? `per ${chart.step_minutes} minutes` : "per minute" }],
     scales: { x: { time: true } },
   }, data, $("chart"));
 }
