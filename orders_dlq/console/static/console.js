@@ -72,6 +72,7 @@ function drawChart(chart) {
 async function loadOverview() {
   try {
     const o = await api("/api/overview");
+    state.overviewLoaded = true;
     showError("");
     $("topic").textContent = o.dlq_topic;
     state.readOnly = o.read_only;
@@ -167,6 +168,7 @@ function headerPairs(headers) {
 }
 
 async function loadLetter(partition, offset) {
+  if (!state.overviewLoaded) await loadOverview();  // read-only or not decides which actions show
   $("letter-title").textContent = `[${partition}]@${offset}`;
   $("replay-result").textContent = ""; $("resolve-result").textContent = "";
   $("replay").disabled = true; $("force-box").hidden = true; $("force").checked = false;
@@ -199,7 +201,8 @@ async function replay(dryRun) {
       const marked = r.action === "already_replayed" || r.action === "already_handled";
       $("force-box").hidden = !marked;
       $("force-text").textContent = marked ? `It is marked (${r.why}). Replay it anyway.` : "";
-      $("replay").disabled = !(r.action === "replay" || marked);
+      // A marked one (replayed, resolved, discarded) is sent again only once the box is ticked.
+      $("replay").disabled = !(r.action === "replay" || (marked && $("force").checked));
     } else {
       $("replay").disabled = true;
     }
@@ -227,7 +230,7 @@ function route() {
     const [, partition, offset] = hash.split("/");
     loadLetter(partition, offset);
   } else if (hash.startsWith("#list")) {
-    loadPage(true);
+    (state.overviewLoaded ? Promise.resolve() : loadOverview()).then(() => loadPage(true));
   } else {
     loadOverview();
     state.timer = setInterval(loadOverview, 2000);  // live: the index follows the DLQ
@@ -242,5 +245,4 @@ $("force").addEventListener("change", () => { $("replay").disabled = !$("force")
 $("resolve").addEventListener("click", () => resolve("resolved"));
 $("discard").addEventListener("click", () => resolve("discarded"));
 window.addEventListener("hashchange", route);
-api("/api/overview").then((o) => { state.readOnly = o.read_only; $("topic").textContent = o.dlq_topic;
-  $("readonly").hidden = !o.read_only; }).catch((e) => showError(e.message)).finally(route);
+route();
