@@ -51,6 +51,17 @@ OLDEST_KEPT = 1000         # the oldest dead letters remembered, to find the old
 SPRING_PREFIX = "kafka_dlt-"
 
 
+def small_reader_config(settings: KafkaSettings) -> dict:
+    """A reader (no group membership, no commits) whose prefetch stays small: the console holds
+    several consumers for as long as it runs, and librdkafka would otherwise queue up to 64 MiB
+    of fetched messages for each, whatever the Python side keeps."""
+    return {**reader_config(settings, f"dlq-console-{uuid.uuid4()}"),
+            # Fetched-but-unconsumed messages kept per consumer, in KiB (default 65536).
+            "queued.max.messages.kbytes": 8192,
+            # At most this much per fetch response: with the limit above, memory stays bounded.
+            "fetch.max.bytes": 8 * 1024 * 1024}
+
+
 # -- one record ------------------------------------------------------------------------------------
 
 def kind_of(headers: list | None, value: bytes | None) -> str:
@@ -152,7 +163,7 @@ class DlqReader:
         self.marks = marks
         self.codec = DeadLetterCodec(dead_letter_codec())
         self.orders = order_codec()
-        self.consumer = Consumer(reader_config(settings, f"dlq-console-{uuid.uuid4()}"))
+        self.consumer = Consumer(small_reader_config(settings))
         self.lock = threading.Lock()
 
     def close(self) -> None:
@@ -354,7 +365,7 @@ class Follower(threading.Thread):
         return bool(self.ends) and all(self.positions.get(p, 0) >= end for p, end in self.ends.items())
 
     def run(self) -> None:
-        consumer = Consumer(reader_config(self.settings, f"dlq-console-{uuid.uuid4()}"))
+        consumer = Consumer(small_reader_config(self.settings))
         try:
             assigned: set[int] = set()
             next_check = 0.0
