@@ -112,6 +112,10 @@ def build_parser():
     return parser
 
 
+SELECTION_DESTS = ("reason", "stage", "product", "original_topic", "key", "order_id", "header", "grep", "status",
+                   "since", "until", "from_time", "from_offset", "to_offset")
+
+
 def who(args) -> str:
     if args.by:
         return args.by
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
     args = cli.parse_args(build_parser(), argv)
     if (args.note or args.by) and not (args.resolve or args.discard):
         raise UsageError("--note and --by go with --resolve or --discard")
-    if args.from_file and args.status:
+    if args.from_file and any(getattr(args, name) for name in SELECTION_DESTS):
         raise UsageError("--from-file replays the lines of its file: the selection flags do not apply")
     settings = kafka_settings(args)
     marking = RESOLVED if args.resolve else DISCARDED if args.discard else None
