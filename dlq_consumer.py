@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         try:
             export = open(args.export, "w", encoding="utf-8")  # noqa: SIM115 - closed in finally below
         except OSError as exc:
-            raise UsageError(f"cannot write {args.export}: {exc.strerror}") from None
+            raise UsageError(f"--export cannot write {args.export}: {exc.strerror}") from None
         codec = order_codec()
 
         def write(record, status):

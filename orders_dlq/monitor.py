@@ -378,12 +378,11 @@ def as_json(found: DlqRecord) -> dict:
 
 def stats_text(summary: dict) -> str:
     """The statistics as text: totals, then counts by stage, reason, topic, product, retries."""
-    status = summary.get("status")
-    shown = "" if not status or status == ALL else f" ({status})"
-    lines = [f"dead letters{shown}: {summary['total']}"]
+    lines = [f"dead letters: {summary['total']}"]
     by_status = summary.get("by_status")
     if by_status:
-        lines.append("by status: " + "  ".join(f"{name} {by_status.get(name, 0)}" for name in STATUSES))
+        lines.append(f"status: {summary.get('status', ALL)} shown; all by status: "
+                     + "  ".join(f"{name} {by_status.get(name, 0)}" for name in STATUSES))
     if summary["total"]:
         lines.append(f"first {summary['first_error']}  last {summary['last_error']}")
     for title in ("by_stage", "by_reason", "by_original_topic", "by_product", "retry_counts"):
@@ -567,14 +566,24 @@ class DlqMonitor:
         self.publish_metrics(now)
         if self.terminal:
             size = shutil.get_terminal_size()
-            view = self.monitor.render(now, f"dead letters in {self.settings.dlq_topic}", size.columns, size.lines)
+            title = f"{self._shown()} dead letters in {self.settings.dlq_topic}{self._by_status_text()}"
+            view = self.monitor.render(now, title, size.columns, size.lines)
             sys.stdout.write(CLEAR_SCREEN + "\n".join(view) + "\n")
             sys.stdout.flush()
         elif self.args.json and not final:
             print(json.dumps(self.summary(now)), flush=True)
         elif not (self.args.json or self.args.jsonl):
-            print(self.monitor.status_line(now), flush=True)
+            print(self.monitor.status_line(now) + self._by_status_text(), flush=True)
         return self.alert()
+
+    def _shown(self) -> str:
+        return "all" if self.selection.status == ALL else self.selection.status
+
+    def _by_status_text(self) -> str:
+        """The counts of each status, shown beside those of the selected status."""
+        if self.marks is None:
+            return ""
+        return "  (" + ", ".join(f"{name} {self.by_status.get(name, 0)}" for name in STATUSES) + ")"
 
     def summary(self, now: float) -> dict:
         by_status = None if self.marks is None else {name: self.by_status.get(name, 0) for name in STATUSES}
