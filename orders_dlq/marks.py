@@ -16,15 +16,14 @@ an operator (dlq_replay.py --resolve / --discard, or the console).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
-from orders_dlq import transactions
+from orders_dlq import reading, transactions
 from orders_dlq.dead_letter import DeadLetter
 from orders_dlq.errors import ToolFailure
 from orders_dlq.kafka import reader_config, reliable_producer_config, settle
@@ -35,9 +34,6 @@ OPEN, REPLAYED, RESOLVED, DISCARDED = "open", "replayed", "resolved", "discarded
 MARKED = (REPLAYED, RESOLVED, DISCARDED)
 STATUSES = (OPEN, *MARKED)
 
-# Reading the marks gives up only when the broker sends nothing at all for this long although the
-# end is not reached: a large marks topic takes as long as it takes.
-STALL_TIMEOUT = 60.0
 
 
 def marks_topic(dlq_topic: str) -> str:
@@ -96,7 +92,7 @@ def status_of(marks: dict[bytes, Mark], key: bytes) -> str:
     return OPEN if mark is None else mark.status
 
 
-def read_marks(settings: KafkaSettings, dlq_topic: str, timeout: float = STALL_TIMEOUT) -> dict[bytes, Mark]:
+def read_marks(settings: KafkaSettings, dlq_topic: str, timeout: float = reading.STALL_TIMEOUT) -> dict[bytes, Mark]:
     """The latest mark of every marked dead letter, read from the marks topic to its current end.
 
     Memory is bounded by the compacted topic (one entry per dead letter ever marked). `timeout`
@@ -106,14 +102,12 @@ def read_marks(settings: KafkaSettings, dlq_topic: str, timeout: float = STALL_T
     topic = marks_topic(dlq_topic)
     reader = Consumer(reader_config(settings, f"dlq-marks-{uuid.uuid4()}"))
     try:
-        try:
-            metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
-        except KafkaException as exc:
-            raise ToolFailure(f"cannot read the marks topic {topic}: {exc.args[0].str()}") from None
-        if metadata is None or metadata.error is not None:
-            raise ToolFailure(f"the marks topic {topic} does not exist: run `python setup_dlq.py` first")
+        partitions = reading.partitions_of(reader, topic)
+        bounds = reading.watermarks(reader, topic, partitions)
         marks: dict[bytes, Mark] = {}
-        for message in _read_to_end(reader, topic, sorted(metadata.partitions), timeout):
+        starts = {p: low for p, (low, _) in bounds.items()}
+        ends = {p: high for p, (_, high) in bounds.items()}
+        for message in reading.read_range(reader, topic, starts, ends, stall_timeout=timeout):
             key = message.key()
             if key is None:
                 continue
@@ -129,45 +123,6 @@ def read_marks(settings: KafkaSettings, dlq_topic: str, timeout: float = STALL_T
         return marks
     finally:
         reader.close()
-
-
-def _read_to_end(reader: Consumer, topic: str, partitions: list[int], stall_timeout: float):
-    """Every message up to each partition's end as it is now; fails only when the broker goes quiet."""
-    ends = {}
-    for partition in partitions:
-        try:
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        except KafkaException as exc:
-            raise ToolFailure(f"cannot read the end of {topic}[{partition}]: {exc.args[0].str()}") from None
-        if high > low:
-            ends[partition] = high
-    if not ends:
-        return
-    # With read_committed the readable end can be below the high watermark (an open replay
-    # transaction, or commit markers): partition EOF, not the offset, says we are there.
-    reader.assign([TopicPartition(topic, p, 0) for p in ends])
-    pending = set(ends)
-    last_progress = time.monotonic()
-    while pending:
-        messages = reader.consume(1000, timeout=0.5)
-        if messages:
-            last_progress = time.monotonic()
-        elif time.monotonic() - last_progress > stall_timeout:
-            raise ToolFailure(f"nothing received from {topic} for {stall_timeout:g}s although partition(s) "
-                              f"{sorted(pending)} are not read to their end")
-        for message in messages:
-            error = message.error()
-            if error is None:
-                if message.partition() in pending:
-                    yield message
-                    if message.offset() + 1 >= ends[message.partition()]:
-                        pending.discard(message.partition())
-            elif error.code() == KafkaError._PARTITION_EOF:
-                pending.discard(message.partition())
-            elif error.fatal():
-                raise ToolFailure(f"reading {topic}: {error.str()}")
-            else:
-                log.warning("reading %s: %s", topic, error.str())
 
 
 def write_marks(settings: KafkaSettings, dlq_topic: str, marks: Iterable[tuple[bytes, Mark]],

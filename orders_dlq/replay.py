@@ -20,12 +20,13 @@ cannot be replayed (no original value), are passed over the same way and reporte
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from orders_dlq import transactions
+from orders_dlq import reading, transactions
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import (
     REPLAY_COUNT_HEADER,
@@ -36,8 +37,8 @@ from orders_dlq.dead_letter import (
 from orders_dlq.errors import ToolFailure, UsageError
 from orders_dlq.kafka import admin_client, reader_config, reliable_producer_config
 from orders_dlq.logs import log
-from orders_dlq.marks import REPLAYED, Mark, mark_key, marks_topic, now_iso, read_marks
-from orders_dlq.monitor import describe
+from orders_dlq.marks import REPLAYED, Mark, mark_key, marks_topic, now_iso, read_marks, write_marks
+from orders_dlq.monitor import describe, start_positions
 from orders_dlq.runtime import Progress, StopFlag
 from orders_dlq.selection import Selection, UnreadableRecord, error_time, read_dead_letter
 from orders_dlq.settings import KafkaSettings
@@ -301,7 +302,7 @@ class Replayer:
             self.batch_unreplayable.append(position)
             return
         dead_letter = record.dead_letter
-        if not self.options.selection.selects(record):
+        if not self.options.selection.selects(record, self.marks):
             self._record(partition, offset, "skipped")
             return
         key = mark_key(dead_letter, self.dlq_topic, partition, offset)
@@ -479,3 +480,244 @@ def validate_options(options: ReplayOptions, dlq_topic: str) -> None:
     if options.to_topic == dlq_topic:
         raise UsageError(f"--to {dlq_topic} would replay the DLQ into itself")
     options.selection.validate()
+
+
+# -- resolve and discard: marks written by an operator -----------------------------------------------
+
+@dataclass
+class MarkResult:
+    """What `mark_selection` marked (or, dry run, would mark)."""
+
+    dry_run: bool
+    status: str
+    dlq_topic: str
+    scanned: int = 0
+    marked: int = 0        # dry run: would be marked
+    unreadable: int = 0
+    listing: list[str] = field(default_factory=list)  # dry run only: the positions
+    stopped_by: str | None = None
+    elapsed_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        data = {name: getattr(self, name) for name in (
+            "dry_run", "status", "dlq_topic", "scanned", "marked", "unreadable", "stopped_by")}
+        data["elapsed_seconds"] = round(self.elapsed_seconds, 3)
+        if self.dry_run:
+            data["listing"] = self.listing
+        return data
+
+    def text(self) -> str:
+        done = f"would mark {self.marked}" if self.dry_run else f"marked {self.marked}"
+        line = (f"{'dry run: ' if self.dry_run else ''}scanned {self.scanned} message(s) of {self.dlq_topic}: "
+                f"{done} dead letter(s) {self.status}"
+                + (f", unreadable {self.unreadable}" if self.unreadable else ""))
+        return line + (f"\nstopped before the end of the DLQ ({self.stopped_by})" if self.stopped_by else "")
+
+
+def mark_selection(settings: KafkaSettings, selection: Selection, status: str, by: str, note: str,
+                   dry_run: bool = False, limit: int | None = None, stop: StopFlag | None = None,
+                   on_marked: Callable[[str, DeadLetter], None] | None = None) -> MarkResult:
+    """Mark the selected dead letters `status` (resolved or discarded), from the selection's start
+    to the DLQ's end as it is now. Copies of one dead letter share its mark and are marked once."""
+    stop = stop if stop is not None else StopFlag()
+    result = MarkResult(dry_run, status, settings.dlq_topic)
+    started = time.monotonic()
+    marks = read_marks(settings, settings.dlq_topic)
+    codec = DeadLetterCodec(dead_letter_codec())
+    reader = Consumer(reader_config(settings, f"dlq-marker-{uuid.uuid4()}"))
+
+    def chosen():
+        starts, ends = start_positions(reader, settings.dlq_topic, selection)
+        progress = Progress(sum(ends[p] - starts[p] for p in starts), "dry run" if dry_run else "marking")
+        try:
+            for message in reading.read_range(reader, settings.dlq_topic, starts, ends, stop=lambda: bool(stop)):
+                result.scanned += 1
+                progress.update(result.scanned)
+                try:
+                    record = read_dead_letter(message, codec, settings.dlq_topic)
+                except UnreadableRecord as exc:
+                    result.unreadable += 1
+                    log.warning("%s[%d]@%d is not a dead letter (%s): passed over", message.topic(),
+                                message.partition(), message.offset(), str(exc)[:300])
+                    continue
+                if not selection.selects(record, marks):
+                    continue
+                key = mark_key(record.dead_letter, record.topic, record.partition, record.offset)
+                if marks.get(key) is not None and marks[key].status == status:
+                    continue  # a copy of one marked in this run, or marked so before
+                mark = Mark(status, now_iso(), by, note)
+                marks[key] = mark
+                result.marked += 1
+                if dry_run:
+                    result.listing.append(record.position)
+                if on_marked is not None:
+                    on_marked(record.position, record.dead_letter)
+                yield key, mark
+                if limit and result.marked >= limit:
+                    result.stopped_by = f"--limit {limit} reached"
+                    return
+            if stop:
+                result.stopped_by = f"{stop.signal_name or 'stop'} received"
+        finally:
+            progress.close()
+
+    try:
+        if dry_run:
+            for _ in chosen():
+                pass
+        else:
+            write_marks(settings, settings.dlq_topic, chosen())
+    finally:
+        reader.close()
+        result.elapsed_seconds = time.monotonic() - started
+    return result
+
+
+# -- fix and replay: edited orders from a file -----------------------------------------------------
+
+LINEAGE_HEADER = "dlq.replay.of"  # topic[partition]@offset of the dead letter a replayed message fixes
+
+
+@dataclass
+class FileReplayResult:
+    dry_run: bool
+    file: str
+    lines: int = 0
+    replayed: int = 0        # dry run: would be replayed
+    already_replayed: int = 0
+    already_handled: int = 0
+    held: int = 0
+    targets: dict[str, int] = field(default_factory=dict)
+    refused_at: list[str] = field(default_factory=list)  # positions not sent (marked, held)
+    stopped_by: str | None = None
+    elapsed_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        data = {name: getattr(self, name) for name in (
+            "dry_run", "file", "lines", "replayed", "already_replayed", "already_handled", "held", "targets",
+            "refused_at", "stopped_by")}
+        data["elapsed_seconds"] = round(self.elapsed_seconds, 3)
+        return data
+
+    def text(self) -> str:
+        sent = f"would replay {self.replayed}" if self.dry_run else f"replayed {self.replayed}"
+        lines = [f"{'dry run: ' if self.dry_run else ''}{self.lines} edited order(s) in {self.file}: {sent}, "
+                 f"already replayed {self.already_replayed}, resolved or discarded {self.already_handled}, "
+                 f"held {self.held} (loop guard)"]
+        lines += [f"  {count:>7}  -> {topic}" for topic, count in sorted(self.targets.items())]
+        if self.stopped_by:
+            lines.append(f"stopped before the end of the file ({self.stopped_by}); run again to continue")
+        return "\n".join(lines)
+
+
+def replay_from_file(settings: KafkaSettings, path, options: ReplayOptions, products: frozenset[str],
+                     stop: StopFlag | None = None) -> FileReplayResult:
+    """Send the edited orders of an export, each marked replayed in the same transaction as its send.
+
+    The whole file is checked before anything is sent. A rerun (after a crash, or by mistake) sends
+    nothing twice: what a committed transaction sent is marked replayed and is passed over (unless
+    --force). transactional.id is one per DLQ, so a second run at the same time fences the first.
+    """
+    from orders_dlq.codec import order_codec  # noqa: PLC0415 - only this command encodes orders
+    from orders_dlq.fixes import check_fixes, read_fixes  # noqa: PLC0415
+
+    stop = stop if stop is not None else StopFlag()
+    started = time.monotonic()
+    codec = order_codec()
+    result = FileReplayResult(options.dry_run, str(path))
+    result.lines = check_fixes(path, codec, products)
+    marks = read_marks(settings, settings.dlq_topic)
+    admin = admin_client(settings)
+    partitions: dict[str, int] = {}
+    producer = None
+    errors = transactions.DeliveryErrors()
+    if not options.dry_run:
+        producer = Producer(reliable_producer_config(settings, options.delivery_timeout, **{
+            # One per DLQ: a second from-file replay fences this one (and aborts its open batch).
+            "transactional.id": f"{settings.dlq_topic}.replay-from-file",
+            "transaction.timeout.ms": 60000,
+        }))
+        transactions.init_transactions(producer, "the replay")
+    in_transaction, batch, batch_targets = False, 0, {}
+
+    def commit():
+        nonlocal in_transaction, batch, batch_targets
+        if in_transaction:
+            try:
+                transactions.commit_transaction(producer, options.delivery_timeout + 30)
+            except KafkaException as exc:
+                try:
+                    transactions.abort_transaction(producer, timeout=30)
+                except KafkaException:
+                    pass  # the coordinator aborts it after transaction.timeout.ms
+                raise ToolFailure(f"the replay batch could not be committed ({exc.args[0].str()}"
+                                  + (f"; {errors.first}" if errors else "")
+                                  + "); nothing of it was sent and a rerun continues where this one stopped") from None
+            in_transaction = False
+        result.replayed += batch
+        for topic, count in batch_targets.items():
+            result.targets[topic] = result.targets.get(topic, 0) + count
+        batch, batch_targets = 0, {}
+
+    try:
+        for fix in read_fixes(path, codec, products, options.to_topic):
+            if stop:
+                result.stopped_by = f"{stop.signal_name or 'stop'} received"
+                break
+            mark = marks.get(fix.mark_key)
+            if mark is not None and not options.force:
+                if mark.status == REPLAYED:
+                    result.already_replayed += 1
+                else:
+                    result.already_handled += 1
+                result.refused_at.append(fix.position)
+                log.warning("line %d (%s) not sent: %s by %s at %s (--force sends it all the same)", fix.line,
+                            fix.position, mark.status, mark.by or "?", mark.at or "?")
+                continue
+            replays = fix.replay_count
+            if replays >= options.max_replays:
+                result.held += 1
+                result.refused_at.append(fix.position)
+                log.warning("line %d (%s) held: replayed %d time(s) already, --max-replays %d", fix.line,
+                            fix.position, replays, options.max_replays)
+                continue
+            count = partitions.get(fix.target)
+            if count is None:
+                metadata = admin.list_topics(fix.target, timeout=10).topics.get(fix.target)
+                if metadata is None or metadata.error is not None or not metadata.partitions:
+                    raise ToolFailure(f"the replay target topic {fix.target} (line {fix.line}) does not exist; "
+                                      "nothing of this batch was sent (create it, or choose another with --to)")
+                count = partitions[fix.target] = len(metadata.partitions)
+            marks[fix.mark_key] = Mark(REPLAYED, now_iso(), options.group, target=fix.target)
+            batch += 1
+            batch_targets[fix.target] = batch_targets.get(fix.target, 0) + 1
+            if producer is None:
+                continue
+            if not in_transaction:
+                producer.begin_transaction()
+                in_transaction = True
+            extra = {}
+            if fix.original_partition is not None and 0 <= fix.original_partition < count:
+                extra["partition"] = fix.original_partition  # the key's partition, as a plain replay does
+            if fix.original_timestamp is not None and fix.original_timestamp > 0:
+                extra["timestamp"] = fix.original_timestamp
+            headers = [*without_error_context(fix.headers), (REPLAY_COUNT_HEADER, str(replays + 1).encode()),
+                       (LINEAGE_HEADER, fix.position.encode())]
+            transactions.produce(producer, fix.target, key=fix.key, value=fix.value, headers=headers,
+                                 on_delivery=errors, **extra)
+            transactions.produce(producer, marks_topic(settings.dlq_topic), key=fix.mark_key,
+                                 value=marks[fix.mark_key].to_bytes(fix.position), on_delivery=errors)
+            if batch >= options.batch_size:
+                commit()
+        commit()
+    except KafkaException as exc:
+        raise ToolFailure(f"the replay stopped on a Kafka error ({exc.args[0].str()}); nothing of the open batch "
+                          "was sent and a rerun continues where this one stopped") from None
+    finally:
+        if in_transaction:
+            try:
+                transactions.abort_transaction(producer, timeout=10)
+            except KafkaException:
+                pass  # a transaction never committed is aborted by its coordinator in the end
+        result.elapsed_seconds = time.monotonic() - started
+    return result

@@ -36,14 +36,13 @@ from orders_dlq.console.reader import (
     Filters,
     MarksFollower,
     rss_bytes,
-    selection_fields,
 )
 from orders_dlq.dead_letter import STAGES
 from orders_dlq.errors import ToolFailure, UsageError
+from orders_dlq.fixes import export_record
 from orders_dlq.kafka import reader_config
 from orders_dlq.marks import DISCARDED, OPEN, RESOLVED, STATUSES, mark_key
-from orders_dlq.monitor import as_json
-from orders_dlq.selection import Selection, UnreadableRecord, parse_time, read_dead_letter
+from orders_dlq.selection import Selection, UnreadableRecord, parse_header, parse_time, read_dead_letter
 from orders_dlq.settings import KafkaSettings
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -170,11 +169,18 @@ def filters_from(params) -> Filters:
                 values[name] = parse_time(raw)
             except ValueError as exc:
                 raise UsageError(f"{name}: {exc}") from None
-    # Criteria that later versions of Selection add (key, order id, text) pass through by name.
-    for name in selection_fields() - set(values) - {"from_offsets", "to_offsets"}:
-        raw = params.get(name)
-        if raw:
-            values[name] = raw
+    for name in ("key", "order_id", "grep"):
+        if params.get(name):
+            values[name] = params.get(name)
+    if params.get("from_time"):
+        try:
+            values["from_time"] = parse_time(params.get("from_time"))
+        except ValueError as exc:
+            raise UsageError(f"from_time: {exc}") from None
+    try:
+        values["headers"] = [parse_header(raw) for raw in params.getlist("header") if raw]
+    except ValueError as exc:
+        raise UsageError(f"header: {exc}") from None
     selection = Selection(**values)
     selection.validate()
     return Filters(selection, status)
@@ -336,8 +342,9 @@ def build_app(console: Console) -> Starlette:
 
 
 def export_lines(console: Console, filters: Filters):
-    """The selected dead letters as JSON lines (decoded, with context and the original bytes as hex),
-    read with a consumer of its own from the start (or --since) of each partition to its end now."""
+    """The selected dead letters as JSON lines in the format of `dlq_consumer.py --export` (so an edited
+    file goes back with `dlq_replay.py --from-file`), read with a consumer of its own from the start
+    (or since / from_time) of each partition to its end as it is now."""
     settings, topic = console.settings, console.settings.dlq_topic
     consumer = Consumer(reader_config(settings, f"dlq-console-export-{uuid.uuid4()}"))
     codec = console.reader.codec
@@ -348,8 +355,9 @@ def export_lines(console: Console, filters: Filters):
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
             if high > low:
                 starts.append(TopicPartition(topic, partition, low))
-        if filters.selection.since and starts:
-            moment = int(filters.selection.since.timestamp() * 1000)
+        seek = filters.seek_time
+        if seek and starts:
+            moment = int(seek.timestamp() * 1000)
             found = consumer.offsets_for_times([TopicPartition(topic, tp.partition, moment) for tp in starts],
                                                timeout=10)
             starts = [tp for tp in found if tp.offset >= 0]
@@ -357,6 +365,7 @@ def export_lines(console: Console, filters: Filters):
             return
         consumer.assign(starts)
         pending = {tp.partition for tp in starts}
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in starts}
         quiet_since = time.monotonic()
         while pending:
             messages = consumer.consume(500, timeout=0.5)
@@ -370,6 +379,12 @@ def export_lines(console: Console, filters: Filters):
                     if error.code() == KafkaError._PARTITION_EOF:
                         pending.discard(message.partition())
                     continue
+                partition = message.partition()
+                if partition not in pending or message.offset() >= ends[partition]:
+                    pending.discard(partition)  # the end as it was when the export began: it ends
+                    continue
+                if message.offset() + 1 >= ends[partition]:
+                    pending.discard(partition)
                 try:
                     record = read_dead_letter(message, codec, topic)
                 except UnreadableRecord:
@@ -378,8 +393,6 @@ def export_lines(console: Console, filters: Filters):
                 status = console.marks.status(key)
                 if not filters.keeps(status) or not filters.selection.selects(record):
                     continue
-                line = as_json(record)
-                line["status"] = status
-                yield json.dumps(line) + "\n"
+                yield json.dumps(export_record(record, status, key, console.reader.orders)) + "\n"
     finally:
         consumer.close()

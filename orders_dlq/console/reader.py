@@ -139,6 +139,13 @@ class Filters:
     status: str = OPEN  # open, replayed, resolved, discarded or all
 
     @property
+    def seek_time(self):
+        """Where reading a partition may start: the later of since (failure time, which comes after
+        the record was written only by clock skew) and from_time (the DLQ record time)."""
+        times = [moment for moment in (self.selection.since, self.selection.from_time) if moment is not None]
+        return max(times) if times else None
+
+    @property
     def narrowed(self) -> bool:
         """Whether anything beyond the status is asked (unreadable records match no criterion)."""
         default = Selection()
@@ -146,10 +153,6 @@ class Filters:
 
     def keeps(self, status: str) -> bool:
         return self.status == "all" or status == self.status
-
-
-def selection_fields() -> set[str]:
-    return {f.name for f in fields(Selection)}
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -219,7 +222,7 @@ class DlqReader:
             low, high = self.watermarks(current)
             if position is None:
                 # A fresh partition: start at --since through the time index, else at its beginning.
-                since = filters.selection.since
+                since = filters.seek_time
                 position = low if since is None else self._seek_time(current, since)
                 position = high if position is None else position
             position = max(position, low)
