@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.request
 from datetime import UTC, datetime
 
 import pytest
@@ -98,3 +100,27 @@ def test_unreachable_broker_and_busy_port_end_in_one_sentence(pipeline: Pipeline
     assert "Traceback" not in result.stderr
     result = pipeline.scripts.run("dlq_console.py", "--port", "-1", expect=2)
     assert "Traceback" not in result.stderr
+
+
+def test_find_by_order_id_and_export_in_the_cli_format(pipeline: Pipeline):
+    letters = [our_dead_letter(pipeline.topic, 0, i, "unknown product: 'X'", "X") for i in range(5)]
+    write_dlq(pipeline.bootstrap, pipeline.dlq_topic, [encoded(letter, 0) for letter in letters]
+              + [(0, b"junk", b"\xff\x00", [])])
+    console = start_console(pipeline.scripts)
+    try:
+        status, page = console.request(f"/api/list?order_id={letters[3].order_id}")
+        assert status == 200 and [row["offset"] for row in page["rows"]] == [3]
+        request = urllib.request.Request(f"{console.base}/api/export?status=all&grep=unknown",
+                                         headers={"Cookie": f"dlq_console_token={console.token}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            lines = [json.loads(line) for line in response.read().splitlines()]
+        assert [line["dlq_offset"] for line in lines] == [0, 1, 2, 3, 4]
+        assert [line["order"]["order_id"] for line in lines] == [letter.order_id for letter in letters]
+        assert {line["status"] for line in lines} == {"open"}
+        # The CLI reads the console's export back: a check of every line, nothing sent.
+        path = pipeline.scripts.cwd / "export.jsonl"
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        result = pipeline.scripts.run("dlq_replay.py", "--from-file", path, "--products", "X", "--dry-run")
+        assert "would replay 5" in result.stdout
+    finally:
+        console.stop()
