@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ def our_dead_letter(topic: str, partition: int, offset: int, reason: str, produc
     return DeadLetter(error_reason=reason, error_type="ValueError", error_stage="validate", original_topic=topic,
                       failed_by="console-test", order_id=order["order_id"], product=product, price=order["price"],
                       original_partition=partition, original_offset=offset, original_key=b"k",
-                      original_value=encode_order(order), original_timestamp=1_700_000_000_000)
+                      original_value=encode_order(order),
+                      # Recent: a replay keeps it, and retention would soon delete a record from years ago.
+                      original_timestamp=int(time.time() * 1000) - 60_000)
 
 
 def write_dlq(bootstrap: str, dlq_topic: str, messages: list[tuple[int, bytes | None, bytes | None, list]]) -> None:
