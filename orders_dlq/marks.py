@@ -54,7 +54,7 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-@dataclass
+@dataclass(slots=True)
 class Mark:
     """What became of one dead letter, who said so and when."""
 
@@ -73,8 +73,11 @@ class Mark:
         return json.dumps(value).encode()
 
     @classmethod
-    def from_bytes(cls, value: bytes) -> Mark | None:
-        """The mark a record holds; None for anything that is not a mark of ours."""
+    def from_bytes(cls, value: bytes, shared: dict[str, str] | None = None) -> Mark | None:
+        """The mark a record holds; None for anything that is not a mark of ours.
+
+        `shared` makes equal texts one object: the marks of one resolve share who, when and why,
+        so a million marks do not hold a million copies of them."""
         try:
             data = json.loads(value)
             status = data["status"]
@@ -83,8 +86,11 @@ class Mark:
         if status not in MARKED:
             return None
         target = data.get("target")
-        return cls(status, str(data.get("at") or ""), str(data.get("by") or ""), str(data.get("note") or ""),
-                   target if isinstance(target, str) else None)
+        texts = [str(data.get(name) or "") for name in ("at", "by", "note")]
+        texts.append(target if isinstance(target, str) else None)
+        if shared is not None:
+            texts = [text if text is None else shared.setdefault(text, text) for text in texts]
+        return cls(status, *texts)
 
 
 def status_of(marks: dict[bytes, Mark], key: bytes) -> str:
@@ -105,6 +111,7 @@ def read_marks(settings: KafkaSettings, dlq_topic: str, timeout: float = reading
         partitions = reading.partitions_of(reader, topic)
         bounds = reading.watermarks(reader, topic, partitions)
         marks: dict[bytes, Mark] = {}
+        shared: dict[str, str] = {}
         starts = {p: low for p, (low, _) in bounds.items()}
         ends = {p: high for p, (_, high) in bounds.items()}
         for message in reading.read_range(reader, topic, starts, ends, stall_timeout=timeout):
@@ -112,7 +119,7 @@ def read_marks(settings: KafkaSettings, dlq_topic: str, timeout: float = reading
             if key is None:
                 continue
             value = message.value()
-            mark = None if value is None else Mark.from_bytes(value)
+            mark = None if value is None else Mark.from_bytes(value, shared)
             if mark is None:
                 if value is not None:
                     log.debug("%s[%d]@%d is not a mark: passed over", topic, message.partition(), message.offset())

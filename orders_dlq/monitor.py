@@ -333,8 +333,8 @@ def start_positions(consumer, topic: str, selection: Selection) -> tuple[dict[in
     """Where a read of the DLQ starts and ends in each partition, for a selection.
 
     It starts at the latest of: the partition's beginning, the selection's --from-offset for it,
-    and the first record written at or after --from-time (the broker's time index). The end is
-    the end right now.
+    and the first record written at or after --from-time (the broker's time index). It ends at
+    --to-offset, or at the end right now.
     """
     partitions = [p for p in reading.partitions_of(consumer, topic) if selection.in_partitions(p)]
     bounds = reading.watermarks(consumer, topic, partitions)
@@ -345,7 +345,9 @@ def start_positions(consumer, topic: str, selection: Selection) -> tuple[dict[in
         if selection.from_time:
             found = by_time.get(partition)
             start = max(start, high if found is None else found)
-        starts[partition], ends[partition] = min(start, high), high
+        last = selection._bound(selection.to_offsets, partition)
+        end = high if last is None else min(high, last + 1)  # --to-offset: no need to read beyond it
+        starts[partition], ends[partition] = min(start, end), end
     return starts, ends
 
 

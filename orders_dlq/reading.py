@@ -28,6 +28,26 @@ def _failure(what: str, exc: KafkaException) -> ToolFailure:
     return ToolFailure(f"{what}: {error.str() if error is not None else exc}")
 
 
+# A topic just created, or whose leader just moved, answers these for a moment: ask again.
+PASSING_ERRORS = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._TIMED_OUT}
+
+
+def _asked(call, what: str, patience: float = 3 * CALL_TIMEOUT):
+    """call(), asked again while the broker answers with a passing error, for up to `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            passing = error is not None and (error.retriable() or error.code() in PASSING_ERRORS)
+            if not passing or time.monotonic() > deadline:
+                raise _failure(what, exc) from None
+            log.debug("%s: %s; asking again", what, error.str())
+            time.sleep(0.2)
+
+
 def partitions_of(consumer: Consumer, topic: str) -> list[int]:
     try:
         metadata = consumer.list_topics(topic, timeout=CALL_TIMEOUT).topics.get(topic)
@@ -42,11 +62,9 @@ def watermarks(consumer: Consumer, topic: str, partitions: list[int]) -> dict[in
     """(low, high) of each partition: the first offset still there and the offset the next record gets."""
     bounds = {}
     for partition in partitions:
-        try:
-            bounds[partition] = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                               timeout=CALL_TIMEOUT)
-        except KafkaException as exc:
-            raise _failure(f"cannot read the offsets of {topic}[{partition}]", exc) from None
+        bounds[partition] = _asked(
+            lambda p=partition: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=CALL_TIMEOUT),
+            f"cannot read the offsets of {topic}[{partition}]")
     return bounds
 
 
@@ -57,11 +75,9 @@ def offsets_at(consumer: Consumer, topic: str, partitions: list[int], moment: da
     is why a record written later with an earlier timestamp can still follow the offset found.
     """
     millis = int(moment.timestamp() * 1000)
-    try:
-        found = consumer.offsets_for_times([TopicPartition(topic, p, millis) for p in partitions],
-                                           timeout=CALL_TIMEOUT)
-    except KafkaException as exc:
-        raise _failure(f"cannot look up offsets by time in {topic}", exc) from None
+    found = _asked(lambda: consumer.offsets_for_times([TopicPartition(topic, p, millis) for p in partitions],
+                                                      timeout=CALL_TIMEOUT),
+                   f"cannot look up offsets by time in {topic}")
     return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
 
 

@@ -59,7 +59,6 @@ def offsets(found: list[dict]) -> list[int]:
 
 
 def test_marks_are_read_back_latest_first_and_a_tombstone_reopens(pipeline: Pipeline):
-    pipeline.setup()
     settings = settings_of(pipeline)
     assert read_marks(settings, pipeline.dlq_topic) == {}
     first = Mark(RESOLVED, "2026-11-29T03:00:00+00:00", "alice", "fixed upstream")
@@ -79,7 +78,6 @@ def test_marks_are_read_back_latest_first_and_a_tombstone_reopens(pipeline: Pipe
 
 
 def test_find_by_key_order_id_header_text_seek_by_offset_and_time_tail_and_status(pipeline: Pipeline):
-    pipeline.setup()
     letters = [letter(pipeline, n) for n in range(6)]
     letters[1].original_headers = [("tenant", b"blue"), ("trace", b"x")]
     letters[2] = letter(pipeline, 2, reason="price must be positive: -1.00",
@@ -111,7 +109,6 @@ def test_find_by_key_order_id_header_text_seek_by_offset_and_time_tail_and_statu
 
 
 def test_resolve_and_discard_with_dry_run_then_stats_count_open_and_replay_needs_force(pipeline: Pipeline):
-    pipeline.setup()
     letters = [letter(pipeline, n) for n in range(4)]
     letters[3] = letter(pipeline, 3, reason="price must be positive: -1.00")
     fill_dlq(pipeline, letters)
@@ -147,7 +144,6 @@ def test_resolve_and_discard_with_dry_run_then_stats_count_open_and_replay_needs
 
 
 def test_export_edit_and_replay_from_file_once_and_an_invalid_edit_is_refused_by_line(pipeline: Pipeline, tmp_path):
-    pipeline.setup()
     letters = [letter(pipeline, n) for n in range(3)]
     fill_dlq(pipeline, letters)
     export = tmp_path / "fix.jsonl"
