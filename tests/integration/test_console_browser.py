@@ -171,6 +171,12 @@ def test_replay_dry_run_then_for_real_resolve_and_a_forced_replay(page, world: W
     page.goto(page.url.split("#")[0] + "#overview")
     expect(page.locator("#ov-replayed")).to_have_text("2")
     expect(page.locator("#ov-open")).to_have_text("6")
+    # Live: a dead letter written now shows up without reloading the page.
+    write_dlq(world.pipeline.bootstrap, world.pipeline.dlq_topic,
+              [encoded(our_dead_letter(orders, 1, 99, "late: arrived while watching", "Fudge"), 1)])
+    expect(page.locator("#ov-total")).to_have_text("9")
+    expect(page.locator("#ov-open")).to_have_text("7")
+    expect(page.locator("#ov-reasons")).to_contain_text("late")
 
 
 def test_a_wrong_token_gets_403_in_one_sentence(browser, console: Console):
