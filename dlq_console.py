@@ -26,9 +26,19 @@ from orders_dlq.logs import log
 from orders_dlq.marks import marks_topic
 from orders_dlq.replay import DEFAULT_MAX_REPLAYS
 from orders_dlq.runtime import StopFlag
-from orders_dlq.settings import kafka_settings, non_negative, positive, setting
+from orders_dlq.settings import kafka_settings, positive, setting
 
 EXAMPLE = "python dlq_console.py --port 8765      # then open the printed http://127.0.0.1:8765/?token=... address"
+
+
+def port_number(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be between 0 and 65535, got {raw}")
+    return value
+
+
+port_number.__name__ = "port"  # argparse names the type in its error
 
 
 def build_parser():
@@ -36,7 +46,7 @@ def build_parser():
     web = parser.add_argument_group("web")
     web.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1: this machine only)")
-    web.add_argument("--port", type=non_negative(int), default=8765,
+    web.add_argument("--port", type=port_number, default=8765,
                      help="port to listen on (default 8765; 0 picks a free one)")
     web.add_argument("--read-only", action="store_true",
                      help="show everything, change nothing: no replay, resolve or export")
