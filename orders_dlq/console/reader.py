@@ -94,6 +94,8 @@ def text_or_hex(raw: bytes | None) -> dict | None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         text = None
+    if text is not None and not all(ch.isprintable() or ch in "\t\n\r" for ch in text):
+        text = None  # e.g. Spring's binary partition and offset headers: shown as hex, not as garbage
     return {"size": len(raw), "text": text, "hex": raw[:HEX_LIMIT].hex(), "cut": len(raw) > HEX_LIMIT}
 
 

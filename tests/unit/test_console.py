@@ -61,3 +61,12 @@ def test_filters_are_the_cli_selection_plus_a_status():
 def test_token_comparison():
     assert token_matches("abc", "abc")
     assert not token_matches("abd", "abc") and not token_matches(None, "abc") and not token_matches("", "abc")
+
+
+def test_bytes_are_text_only_when_readable():
+    from orders_dlq.console.reader import text_or_hex
+
+    assert text_or_hex(b"orders")["text"] == "orders"
+    spring_partition = (3).to_bytes(4, "big")  # valid UTF-8, but control characters
+    assert text_or_hex(spring_partition) == {"size": 4, "text": None, "hex": "00000003", "cut": False}
+    assert text_or_hex(None) is None

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let state = { readOnly: false, next: null, query: "", chart: null, chartNames: "", letter: null, timer: null };
+let state = { pageRequest: 0, readOnly: false, next: null, query: "", chart: null, chartNames: "", letter: null, timer: null };
 
 function showError(message) {
   $("error").textContent = message || "";
@@ -30,12 +30,20 @@ function cell(row, text, cls) {
   return td;
 }
 
+// Bytes come as {size, text, hex}: the text when they are readable, else the hex.
+function shown(value) {
+  if (value === null || value === undefined || typeof value !== "object") return value;
+  if ("hex" in value) return value.text ?? `hex ${value.hex}${value.cut ? "..." : ""}`;
+  if (Array.isArray(value)) return value.map((item) => item.name ? `${item.name}=${shown(item.value)}` : shown(item)).join(", ");
+  return JSON.stringify(value);
+}
+
 function fillTable(table, pairs) {
   table.replaceChildren();
   for (const [name, value] of pairs) {
     const row = document.createElement("tr");
     cell(row, name);
-    cell(row, typeof value === "object" && value !== null ? JSON.stringify(value) : value);
+    cell(row, shown(value));
     table.appendChild(row);
   }
 }
@@ -131,10 +139,10 @@ function addRows(rows) {
 }
 
 async function loadPage(fresh) {
+  const request = ++state.pageRequest;  // a newer "Show" makes the answer to an older one stale
   const params = filterQuery();
   const form = new FormData($("filters"));
   if (fresh) {
-    $("rows").querySelector("tbody").replaceChildren();
     state.next = null;
     if (form.get("partition")) params.set("partition", form.get("partition"));
     if (form.get("offset")) params.set("offset", form.get("offset"));
@@ -146,6 +154,8 @@ async function loadPage(fresh) {
   $("export").href = "/api/export?" + filterQuery().toString();
   try {
     const page = await api("/api/list?" + params.toString());
+    if (request !== state.pageRequest) return;
+    if (fresh) $("rows").querySelector("tbody").replaceChildren();
     showError("");
     addRows(page.rows);
     state.next = page.next;
@@ -161,7 +171,7 @@ function headerPairs(headers) {
   const pairs = [];
   for (const [convention, list] of Object.entries(headers)) {
     for (const h of list) {
-      pairs.push([`${convention}: ${h.name}`, h.value === null ? null : (h.value.text ?? `hex ${h.value.hex}`)]);
+      pairs.push([`${convention}: ${h.name}`, h.value]);
     }
   }
   return pairs;
