@@ -74,6 +74,7 @@ class Console:
         self.reader = DlqReader(self.settings, self.marks)
         self.actions = Actions(self.settings, config.max_replays)
         self._lag_cache: tuple[float, dict] | None = None
+        self._spool_cache: tuple[float, dict] | None = None
 
     def start(self) -> None:
         self.marks.start()
@@ -118,7 +119,15 @@ class Console:
         return figures
 
     def spool(self) -> dict:
-        """What waits in the local spool (dead letters not yet delivered), if there is one."""
+        """What waits in the local spool (dead letters not yet delivered), if there is one (cached for 5 s)."""
+        now = time.monotonic()
+        if self._spool_cache and now - self._spool_cache[0] < 5:
+            return self._spool_cache[1]
+        figures = self._read_spool()
+        self._spool_cache = (now, figures)
+        return figures
+
+    def _read_spool(self) -> dict:
         path = Path(self.config.spool_path)
         if not path.exists():
             return {"path": str(path), "waiting": 0, "exists": False}
