@@ -28,19 +28,24 @@ test: $(VENV)/.dev-installed
 	$(PY) -m pytest -n 2 --dist worksteal
 
 ## kafka-up / kafka-down: a local KRaft broker on 127.0.0.1:9092 (BROKERS=3 for a cluster on 9092/9094/9096)
+## and the Schema Registry of registry mode on 127.0.0.1:8081 (REGISTRY_PORT=...; built by Maven once)
+REGISTRY_PORT ?= 8081
 # A cluster of N > 1 brokers keeps its data apart (.kafka/data-N), so both sizes can be used in turn.
 KAFKA_DATA = .kafka/data$(if $(filter-out 1,$(BROKERS)),-$(BROKERS))
 
 kafka-up: $(VENV)/.runtime-installed
 	$(PY) -m orders_dlq.local_kafka start --brokers $(BROKERS) --data-dir $(KAFKA_DATA)
+	$(PY) -m orders_dlq.local_registry start --port $(REGISTRY_PORT)
 
 kafka-down: $(VENV)/.runtime-installed
+	$(PY) -m orders_dlq.local_registry stop
 	@for dir in .kafka/data .kafka/data-*; do \
 		if [ -d "$$dir" ]; then $(PY) -m orders_dlq.local_kafka stop --data-dir "$$dir" || exit 1; fi; \
 	done
 
 kafka-status: $(VENV)/.runtime-installed
 	$(PY) -m orders_dlq.local_kafka status --data-dir $(KAFKA_DATA)
+	-$(PY) -m orders_dlq.local_registry status
 
 ## bench: throughput, latency and memory beside the raw client (see bench/README.md)
 bench: $(VENV)/.runtime-installed

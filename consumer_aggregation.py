@@ -18,6 +18,7 @@ from orders_dlq.errors import EXIT_OK, UsageError
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.logs import log
 from orders_dlq.orders import CATALOGUE
+from orders_dlq.registry import add_registry_argument, frame_dead_letters, order_codec_for
 from orders_dlq.retry import add_retry_arguments, retry_policy
 from orders_dlq.runtime import StopFlag
 from orders_dlq.settings import kafka_settings, non_negative, positive, setting, state_topic_setting
@@ -55,7 +56,9 @@ def build_parser():
                         help="print the combined totals of all instances from the changelog and exit")
     add_retry_arguments(parser)
     add_spool_argument(parser)
+    cli.add_dlq_format_argument(parser)
     metrics.add_metrics_argument(parser)
+    add_registry_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the final summary as JSON on stdout")
     return parser
 
@@ -104,6 +107,7 @@ def main(argv=None) -> int:
     commit_ms = setting(args, "commit_interval_ms", "COMMIT_INTERVAL_MS", 100, positive(int))
     instance_id = setting(args, "instance_id", "INSTANCE_ID", None)
     policy = retry_policy(args)
+    codec = None if args.report else order_codec_for(args, settings.topic, producing=False)
     dead_letters = open_dead_letter_producer(args, settings)
     admin = require_cluster(settings)
 
@@ -125,6 +129,8 @@ def main(argv=None) -> int:
         settings, group=group, state_topic=state_topic, guarantee=guarantee, retry=policy,
         instance_id=instance_id, products=products, commit_interval=commit_ms / 1000,
         batch_size=args.batch_size or 1000, stop=stop, latency=LatencyReservoir() if args.latency else None)
+    aggregator.codec = codec  # schemaless, or registry mode: the writer's schema from each order's id
+    frame_dead_letters(codec, aggregator.dead_letters, settings.dlq_topic)
     log.info("consuming %s as group %s (%s)", settings.topic, group, guarantee)
     printer = running_average_printer(args.print_interval) if args.print_interval and not args.json else None
     if serving:

@@ -38,6 +38,7 @@ from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.logs import log
 from orders_dlq.marks import OPEN, mark_key
 from orders_dlq.monitor import EXIT_ALERT, DlqMonitor, marks_for
+from orders_dlq.registry import add_registry_argument, show_original_orders
 from orders_dlq.runtime import StopFlag
 from orders_dlq.selection import add_selection_arguments, selection_from_args
 from orders_dlq.settings import kafka_settings, positive, ratio
@@ -71,6 +72,7 @@ def build_parser():
     parser.add_argument("--alert-threshold", type=ratio, metavar="RATIO",
                         help="exit 3 with an ALERT line on stderr when dead letters exceed this share of all "
                              "orders, e.g. 0.05 for 5%% (with --follow: checked at every refresh)")
+    add_registry_argument(parser, shows_orders=True)
     metrics.add_metrics_argument(parser)
     return parser
 
@@ -102,6 +104,7 @@ def main(argv=None) -> int:
             export.write(json.dumps(export_record(record, status, key, codec)) + "\n")
 
     run = DlqMonitor(args, settings, partitions, stop, selection, marks, on_record=write)
+    show_original_orders(args, run, settings.topic)
     try:
         if args.follow:
             code = run.follow()

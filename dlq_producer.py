@@ -109,6 +109,7 @@ def main(argv=None) -> int:
                          help="rows spooled more than this many hours ago")
     discard.add_argument("--all", action="store_true", help="every row")
     add_spool_argument(parser)
+    cli.add_dlq_format_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = cli.parse_args(parser, argv)
     selection = (args.discard_topic, args.cluster, args.older_than)

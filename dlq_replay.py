@@ -43,6 +43,7 @@ from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.logs import log
 from orders_dlq.marks import DISCARDED, OPEN, RESOLVED
 from orders_dlq.orders import CATALOGUE
+from orders_dlq.registry import add_registry_argument, show_original_orders
 from orders_dlq.replay import (
     DEFAULT_MAX_REPLAYS,
     Decision,
@@ -109,6 +110,7 @@ def build_parser():
                              "default 30)")
     parser.add_argument("--json", action="store_true",
                         help="print only a JSON summary (with --dry-run it includes the listing)")
+    add_registry_argument(parser, shows_orders=True)
     return parser
 
 
@@ -180,7 +182,9 @@ def main(argv=None) -> int:
         elif not args.dry_run and decision.action != "replay":
             log.warning("%s", decision.describe())
 
-    result = Replayer(settings, options, stop=stop, on_decision=report).run()
+    replayer = Replayer(settings, options, stop=stop, on_decision=report)
+    show_original_orders(args, replayer, settings.topic)
+    result = replayer.run()
     if args.json:
         print(json.dumps(result.to_json()))
     else:

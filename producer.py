@@ -14,13 +14,13 @@ import time
 
 from dlq_producer import add_spool_argument, drain_spool_if_pending, open_dead_letter_producer
 from orders_dlq import cli, metrics
-from orders_dlq.codec import order_codec
 from orders_dlq.delivery import OrderSender
 from orders_dlq.dlq import DeadLetterProducer
 from orders_dlq.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from orders_dlq.kafka import reachable, reliable_producer_config, require_topics
 from orders_dlq.logs import log
 from orders_dlq.orders import OrderGenerator
+from orders_dlq.registry import add_registry_argument, frame_dead_letters, order_codec_for
 from orders_dlq.runtime import Progress, StopFlag
 from orders_dlq.settings import kafka_settings, non_negative, positive, ratio, setting
 from orders_dlq.spool import Spool
@@ -44,6 +44,8 @@ def build_parser():
                         help="seconds an order may take to be delivered, librdkafka's own retries included; "
                              "then it is dead-lettered, never sent twice (env DELIVERY_TIMEOUT, default 30)")
     add_spool_argument(parser)
+    cli.add_dlq_format_argument(parser)
+    add_registry_argument(parser)
     metrics.add_metrics_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     return parser
@@ -56,6 +58,7 @@ def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: in
     kinds = {"valid": 0, "invalid": 0, "poison": 0}
     started = time.monotonic()
     produced = 0
+    draw, good, encode, send = generator.random.random, generator.good_fields, codec.encode_fields, sender.send
     for produced in range(1, count + 1):
         if stop:
             produced -= 1
@@ -65,19 +68,22 @@ def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: in
             delay = started + (produced - 1) / rate - time.monotonic()
             if delay > 0:
                 sender.service(delay)
-        draw = generator.random.random()
-        if draw < poison_ratio:
+        chance = draw()
+        if chance >= poison_ratio + bad_ratio:
+            fields = good()
+            send(fields[0].encode(), encode(*fields))
+        elif chance < poison_ratio:
             kinds["poison"] += 1
-            key, value = generator.order_id().encode(), generator.poison()
+            send(generator.order_id().encode(), generator.poison())
         else:
-            kind = "invalid" if draw < poison_ratio + bad_ratio else "valid"
-            kinds[kind] += 1
-            order = generator.bad() if kind == "invalid" else generator.good()
-            key, value = order["order_id"].encode(), codec.encode(order)
-        sender.send(key, value)
-        progress.update(produced)
-        if counts:
-            counts.update(produced, sender.delivered)
+            kinds["invalid"] += 1
+            order = generator.bad()
+            send(order["order_id"].encode(), codec.encode(order))
+        if not produced % 256:
+            progress.update(produced)
+            if counts:
+                counts.update(produced, sender.delivered)
+    kinds["valid"] = produced - kinds["poison"] - kinds["invalid"]
     sender.finish(lambda: progress.update(produced))
     if counts:
         counts.update(produced, sender.delivered, force=True)
@@ -108,13 +114,16 @@ def main(argv=None) -> int:
                          f"({poison_ratio:g}) together must not exceed 1")
     # One budget: long enough for a leader election (several seconds) to pass unnoticed.
     delivery_timeout = setting(args, "delivery_timeout", "DELIVERY_TIMEOUT", 30.0, positive(float))
-    codec = order_codec()
+    # Registry mode registers order.avsc under <topic>-value first: a schema the registry refuses
+    # (incompatible with what is registered) stops the run before any order is sent.
+    codec = order_codec_for(args, settings.topic, producing=True)
     serving = metrics.serve(args, metrics.PRODUCER)
     counts = metrics.ProducerMetrics() if serving else None
     client_id = f"producer.py@{socket.gethostname()}:{os.getpid()}"
     stop = StopFlag().install()
 
     dead_letters = open_dead_letter_producer(args, settings, delivery_timeout=delivery_timeout, origin=client_id)
+    frame_dead_letters(codec, dead_letters, settings.dlq_topic)
     spool = dead_letters.spool
     sender = OrderSender(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}),
                          # Orders that failed for good are committed to the spool as they fail, a batch

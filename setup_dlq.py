@@ -25,6 +25,16 @@ from orders_dlq import cli
 from orders_dlq.errors import EXIT_OK, ToolFailure, UsageError
 from orders_dlq.kafka import DEAD_LETTER_MAX_BYTES, require_cluster
 from orders_dlq.marks import marks_topic
+from orders_dlq.registry import (
+    Registry,
+    add_compatibility_argument,
+    add_registry_argument,
+    compatibility_setting,
+    describe_compatibility,
+    registry_settings,
+    set_up_compatibility,
+    value_subject,
+)
 from orders_dlq.settings import kafka_settings, positive, setting, state_topic_setting
 
 DAY_MS = 24 * 3600 * 1000
@@ -236,6 +246,8 @@ def main(argv=None) -> int:
                         help="change existing topics that differ (settings, more partitions)")
     parser.add_argument("--force", action="store_true",
                         help="with --apply: also make changes that weaken durability or shorten retention")
+    add_registry_argument(parser)
+    add_compatibility_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the plan and its outcome as JSON")
     args = cli.parse_args(parser, argv)
     if args.force and not args.apply:
@@ -246,6 +258,10 @@ def main(argv=None) -> int:
     replication = setting(args, "replication_factor", "REPLICATION_FACTOR", None, positive(int))
     retention = setting(args, "retention_days", "DLQ_RETENTION_DAYS", 7.0, positive(float))
     state_topic = state_topic_setting(args, settings)
+    registry = registry_settings(args)
+    compatibility = compatibility_setting(args)
+    if args.compatibility and registry is None:
+        raise UsageError("--compatibility only makes sense with --schema-registry (SCHEMA_REGISTRY_URL)")
 
     admin = require_cluster(settings)
     if replication is None:
@@ -253,17 +269,26 @@ def main(argv=None) -> int:
     wanted = wanted_topics(settings, state_topic, partitions, dlq_partitions, replication, retention)
     entries = plan(admin, wanted, replication, args.apply)
     carry_out(admin, entries, replication, args.apply, args.force)
+    subjects = [] if registry is None else set_up_compatibility(
+        Registry(registry), [value_subject(settings.topic), value_subject(settings.dlq_topic)], compatibility,
+        args.apply)
 
     if args.json:
         print(json.dumps({"apply": args.apply, "force": args.force, "topics": [
-            {**entry, "differences": [d.as_dict() for d in entry["differences"]]} for entry in entries]}, indent=2))
+            {**entry, "differences": [d.as_dict() for d in entry["differences"]]} for entry in entries],
+            **({"subjects": subjects} if registry else {})}, indent=2))
     else:
         for entry in entries:
             print("\n".join(describe(entry)))
+        for subject in subjects:
+            print(describe_compatibility(subject))
     statuses = [d.status for entry in entries for d in entry["differences"]]
     if statuses.count("pending"):
         print(f"{statuses.count('pending')} setting(s) differ from the plan and were left as they are: "
               "re-run with --apply to change them.", file=sys.stderr)
+    if any(subject["status"] == "pending" for subject in subjects):
+        print("a subject's compatibility differs from --compatibility and was left as it is: re-run with --apply "
+              "to change it.", file=sys.stderr)
     if statuses.count("held"):
         print(f"{statuses.count('held')} setting(s) were not changed because that would lower durability or "
               "shorten retention: add --force to --apply if you really mean it.", file=sys.stderr)

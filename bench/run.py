@@ -35,7 +35,7 @@ import fastavro
 import limits  # bench/limits.py, beside this file
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from orders_dlq import local_kafka
+from orders_dlq import local_kafka, local_registry
 from orders_dlq.changelog import PartitionState, parse_state_key, read_states, state_key
 from orders_dlq.settings import KafkaSettings
 
@@ -47,12 +47,20 @@ RUN_LINE = re.compile(r"this run: (\d+) orders aggregated, (\d+) dead-lettered i
 
 CASES = (
     "limit_produce", "original_design", "producer",
-    "limit_consume", "consumer_at_least_once", "consumer_exactly_once",
+    "producer_registry",
+    "limit_consume", "consumer_at_least_once", "consumer_exactly_once", "consumer_exactly_once_registry",
     "consumer_at_least_once_poison_1pct", "consumer_exactly_once_poison_1pct",
     "limit_dead_letter_forward", "dead_letter_at_least_once", "dead_letter_exactly_once",
     "latency_exactly_once", "latency_at_least_once",
-    "memory_1m", "restore", "console",
+    "memory_1m", "restore", "rebalance_join", "console",
 )
+# How instances of one group share partitions in the rebalance case: the consumer's default, the
+# eager protocol it replaced (every member gives up everything at each join), and KIP-848.
+REBALANCE_PROTOCOLS = {
+    "cooperative-sticky (default)": [],
+    "eager (range)": ["-X", "partition.assignment.strategy=range"],
+    "KIP-848 (group.protocol=consumer)": ["-X", "group.protocol=consumer"],
+}
 
 
 class BenchError(Exception):
@@ -151,9 +159,12 @@ LIMITS = str(BENCH / "limits.py")
 # -- the bench ----------------------------------------------------------------------------------
 
 class Bench:
-    def __init__(self, args, bootstrap: str, workdir: Path):
+    def __init__(self, args, bootstrap: str, workdir: Path, registry: str | None = None,
+                 registry_missing: str = "no Schema Registry"):
         self.args = args
         self.bootstrap = bootstrap
+        self.registry = registry  # the ccompat URL for the registry-mode cases, or None
+        self.registry_missing = registry_missing
         self.scripts = Scripts(bootstrap, workdir)
         self.results: dict[str, dict] = {name: {"runs": []} for name in CASES}
         self.has_latency_hook = "--latency" in self.scripts.run([script("consumer_aggregation.py"), "--help"])[
@@ -227,11 +238,11 @@ class Bench:
         return run
 
     # 4 and 6. consumer_aggregation.py draining a pre-filled topic
-    def consumer(self, case: str, topic: str, count: int, guarantee: str) -> dict:
+    def consumer(self, case: str, topic: str, count: int, guarantee: str, *extra: str) -> dict:
         idle = self.args.idle_timeout
         group = f"bench-{uuid.uuid4().hex[:8]}"
         data, proc = self.scripts.json([script("consumer_aggregation.py"), "-t", topic, "-g", group, "--guarantee",
-                                        guarantee, "--idle-timeout", str(idle), "--json"])
+                                        guarantee, "--idle-timeout", str(idle), "--json", *extra])
         match = RUN_LINE.search(proc["stderr"])
         if not match:
             raise BenchError("consumer_aggregation.py printed no 'this run:' line")
@@ -303,11 +314,67 @@ class Bench:
         self.record(case, run)
         return run
 
+    # 7. the pause a join causes
+    def rebalance_join(self, protocol: str, partitions: int = 12, rate: float = 2000.0,
+                       seconds: float = 14.0, join_after: float = 5.0) -> dict:
+        """One exactly-once instance aggregates orders arriving at `rate`; a second joins after
+        `join_after` s. The pause is how late the orders created around the join became visible
+        to read_committed readers of the changelog, beside the steady latency before it."""
+        topic = f"bench-rebalance-{uuid.uuid4().hex[:8]}"
+        self.scripts.run([script("setup_dlq.py"), "-t", topic, "--partitions", str(partitions)])
+        group = f"bench-{uuid.uuid4().hex[:8]}"
+        watcher = ChangelogWatcher(self.bootstrap, f"{topic}.aggregates")
+        watcher.start()
+        consumer = [script("consumer_aggregation.py"), "-t", topic, "-g", group, "--guarantee", "exactly-once",
+                    "--idle-timeout", "4", "--json", *REBALANCE_PROTOCOLS[protocol]]
+        first = self.scripts.start(consumer)
+        second = None
+        outputs = []
+        try:
+            wait_for_line(first, "assigned", 60)
+            feeder = self.scripts.start([script("producer.py"), "-t", topic, "--count", str(int(rate * seconds)),
+                                         "--rate", str(rate), "--json", "--seed", "6"])
+            time.sleep(join_after)  # the bench's clock: orders flow for join_after s before the join
+            joined_at = time.time()
+            second = self.scripts.start(consumer)
+            self.scripts.finish(feeder)
+        finally:
+            for job in (first, second):
+                if job is not None:
+                    outputs.append(self.scripts.finish(job))
+            watcher.stop()
+        created = orders_created_at(self.bootstrap, topic)
+        if len(created) != int(rate * seconds):
+            raise BenchError(f"rebalance: {len(created)} orders in the topic, expected {int(rate * seconds)}")
+        before = {k: v for k, v in created.items() if v / 1e6 < joined_at - 0.5 and v / 1e6 > joined_at - 4}
+        around = {k: v for k, v in created.items() if joined_at <= v / 1e6 < joined_at + 6}
+        # The partitions the newcomer took over, from its log, against those the first one kept.
+        moved = {int(p) for line in outputs[1]["stderr"].splitlines() if " assigned " in line
+                 for p in re.findall(r"\[(\d+)\]@", line)}
+        steady, _ = watcher.latencies(group, topic, before)
+        kept, _ = watcher.latencies(group, topic, {k: v for k, v in around.items() if k[0] not in moved})
+        taken, _ = watcher.latencies(group, topic, {k: v for k, v in around.items() if k[0] in moved})
+        if len(kept) + len(taken) != len(around):
+            raise BenchError(f"rebalance: {len(around) - len(kept) - len(taken)} orders around the join never "
+                             "became visible")
+        run = {"protocol": protocol, "partitions": partitions, "rate": rate, "moved": len(moved),
+               "steady_p50_ms": percentile(steady, 50),
+               "kept_p99_ms": percentile(kept, 99), "kept_max_ms": max(kept, default=None),
+               "moved_p99_ms": percentile(taken, 99), "moved_max_ms": max(taken, default=None)}
+        self.results["rebalance_join"]["runs"].append(run)
+        self.log(f"rebalance_join: {run}")
+        return run
+
     # -- the whole run --------------------------------------------------------------------------
     def run(self) -> None:
         a = self.args
         n, repeat = a.count, a.repeat
         filled: list[str] = []
+        filled_registry: list[str] = []
+        registry = ["--schema-registry", self.registry] if self.registry else []
+        if not self.registry:
+            for case in ("producer_registry", "consumer_exactly_once_registry"):
+                self.results[case]["skipped"] = self.registry_missing
         if a.warmup:
             self.warm_up(a.warmup)
         for r in range(repeat):
@@ -318,6 +385,10 @@ class Bench:
             topic = self.new_topic("orders")
             if self.guarded("producer", self.producer, "producer", topic, n):
                 filled.append(topic)
+            if registry:  # the same, in the Confluent wire format with the schema registered
+                topic = self.new_topic("registry")
+                if self.guarded("producer_registry", self.producer, "producer_registry", topic, n, *registry):
+                    filled_registry.append(topic)
         if not filled:
             raise BenchError("producer.py could not fill a topic: no consumer case can run")
         self.log(f"filling the 1% poison topic and the dead-letter topic ({a.dlq_count} all-poison messages)")
@@ -335,6 +406,9 @@ class Bench:
                                     ("exactly-once", "consumer_exactly_once")):
                 self.guarded(case, self.consumer, case, topic, n, guarantee)
                 self.guarded(case + "_poison_1pct", self.consumer, case + "_poison_1pct", poison_topic, n, guarantee)
+            if filled_registry:
+                self.guarded("consumer_exactly_once_registry", self.consumer, "consumer_exactly_once_registry",
+                             filled_registry[r % len(filled_registry)], n, "exactly-once", *registry)
             self.guarded("limit_dead_letter_forward", self.limit, "limit_dead_letter_forward", "forward", dlq_topic,
                          a.dlq_count, "-g", f"bench-limit-{uuid.uuid4().hex[:8]}", "--to", f"{dlq_topic}.DLQ")
             self.guarded("dead_letter_at_least_once", self.consumer, "dead_letter_at_least_once", dlq_topic,
@@ -359,6 +433,12 @@ class Bench:
             self.results["memory_1m"]["skipped"] = "run with --full"
 
         self.guarded("console", console_case, self, a.console_count)
+        # --tiny: the default protocol once, on a short timeline (the smoke test's budget).
+        for protocol in list(REBALANCE_PROTOCOLS)[:1] if a.tiny else REBALANCE_PROTOCOLS:
+            for r in range(max(1, min(repeat, 3))):
+                self.log(f"rebalance: a second instance joins a running one ({protocol}), round {r + 1}")
+                self.guarded("rebalance_join", self.rebalance_join, protocol,
+                             *((12, 500.0, 6.0, 2.0) if a.tiny else ()))
 
         commits = int(a.restore_hours * 3600 * 10)  # 10 commits/s, the default 100 ms interval
         for partitions in (6, 24):
@@ -497,7 +577,9 @@ class ChangelogWatcher(threading.Thread):
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-watch-{uuid.uuid4()}",
                                   "enable.auto.commit": False, "isolation.level": "read_committed",
                                   "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
-        self.consumer.assign([TopicPartition(state_topic, 0, 0)])
+        # Every partition: the changelog is co-partitioned with the orders topic.
+        partitions = self.consumer.list_topics(state_topic, timeout=10).topics[state_topic].partitions
+        self.consumer.assign([TopicPartition(state_topic, p, 0) for p in partitions])
         self.seen: list[tuple[float, float, bytes, bytes]] = []  # (seen at, create time, key, value)
         self.halt = threading.Event()
 
@@ -528,6 +610,15 @@ class ChangelogWatcher(threading.Thread):
                 visible.append(entries[i][1] * 1000 - created_at / 1000)
                 stamped.append(entries[i][2] * 1000 - created_at / 1000)
         return visible, stamped
+
+
+def wait_for_line(job: dict, text: str, timeout: float) -> None:
+    """Until a started script's stderr shows `text` (e.g. its first assignment)."""
+    deadline = time.monotonic() + timeout
+    while text not in Path(job["err"].name).read_text(errors="replace"):
+        if job["proc"].poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"no '{text}' from {Path(job['args'][0]).name}")
+        time.sleep(0.05)
 
 
 def read_all(bootstrap: str, topic: str, timeout: float = 120):
@@ -617,6 +708,7 @@ def summarize(results: dict, args) -> list[dict]:
         return a / b if a and b else None
 
     for name, limit in (("producer", "limit_produce"), ("original_design", "limit_produce"),
+                        ("producer_registry", "limit_produce"), ("consumer_exactly_once_registry", "limit_consume"),
                         ("consumer_at_least_once", "limit_consume"), ("consumer_exactly_once", "limit_consume"),
                         ("consumer_at_least_once_poison_1pct", "limit_consume"),
                         ("consumer_exactly_once_poison_1pct", "limit_consume"),
@@ -693,7 +785,9 @@ def table(report: dict) -> str:
         "limit_produce": "raw produce+poll(0), flush at end",
         "original_design": "produce + flush per message",
         "producer": "producer.py --json rate (generate+encode+deliver)",
+        "producer_registry": "producer.py --schema-registry (Confluent wire format)",
         "limit_consume": "raw consume+decode+sum; whole = from subscribe()",
+        "consumer_exactly_once_registry": "exactly-once, --schema-registry",
         "consumer_at_least_once": "steady = 10%-90% via changelog; whole = 'this run' - idle",
         "consumer_exactly_once": "",
         "limit_dead_letter_forward": "raw consume + re-produce every message",
@@ -702,7 +796,10 @@ def table(report: dict) -> str:
     }
     for name in CASES:
         case = results[name]
-        if name.startswith("latency") or name in ("memory_1m", "restore", "console"):
+        if name.startswith("latency") or name in ("memory_1m", "restore", "rebalance_join", "console"):
+            continue
+        if case.get("skipped"):
+            lines.append(f"{name:<36} skipped: {case['skipped']}")
             continue
         med = case["median"]
         ratio = case.get("ratio_to_limit")
@@ -738,6 +835,16 @@ def table(report: dict) -> str:
         lines.append(f"restore of 1 assigned partition, {run['partitions']} partitions x "
                      f"{run['commits_per_partition']:,} commits ({run['records']:,} records): co-partitioned "
                      f"{run['assigned_restore_s']:.2f} s, whole-changelog scan {run['whole_scan_s']:.2f} s")
+    by_protocol: dict[str, list[dict]] = {}
+    for run in results["rebalance_join"]["runs"]:
+        by_protocol.setdefault(run["protocol"], []).append(run)
+    for protocol, runs in by_protocol.items():
+        def spread(key, runs=runs):
+            values = sorted(r[key] for r in runs if r.get(key) is not None)
+            return f"{fmt(statistics.median(values))} [{fmt(values[0])}..{fmt(values[-1])}]" if values else "n/a"
+        lines.append(f"join, {protocol:<34} latest order in the 6 s after a 2nd instance joins: on "
+                     f"partitions kept {spread('kept_max_ms')} ms, on partitions moved {spread('moved_max_ms')} ms; "
+                     f"before the join p50 {spread('steady_p50_ms')} ms ({len(runs)} runs)")
     lines += ["", f"{'target':<62} {'value':>10} {'goal':>9}  status"]
     for t in report["targets"]:
         value = t["value"]
@@ -782,6 +889,8 @@ def parse_args(argv=None):
                         help="dead letters in the DLQ of the dlq_console.py case (default 1000000)")
     parser.add_argument("--only", choices=["console"],
                         help="run only this case (no warm-up), e.g. --only console --console-count 100000")
+    parser.add_argument("--no-registry", action="store_true",
+                        help="skip the registry-mode cases (else SCHEMA_REGISTRY_URL, or a local registry it starts)")
     parser.add_argument("--list", action="store_true", help="print the names of the cases, one a line, and exit")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -793,6 +902,23 @@ def parse_args(argv=None):
     return args
 
 
+def schema_registry(args):
+    """For the registry-mode cases: SCHEMA_REGISTRY_URL if it answers, else a local registry of the
+    bench's own (built once, see orders_dlq/local_registry.py). Returns (URL or LocalRegistry or
+    None, why there is none)."""
+    configured = os.environ.get("SCHEMA_REGISTRY_URL", "").strip()
+    if configured and local_registry.registry_answers(configured, 10):
+        return configured, ""
+    if args.no_registry:
+        return None, "--no-registry"
+    try:
+        print("[bench] starting a local Schema Registry for the registry-mode cases", file=sys.stderr, flush=True)
+        return local_registry.start_on_free_port(ROOT / ".registry" / "bench-run"), ""
+    except local_registry.RegistryLocalError as exc:
+        print(f"[bench] no registry-mode cases: {exc}", file=sys.stderr, flush=True)
+        return None, str(exc)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.list:
@@ -801,7 +927,7 @@ def main(argv=None) -> int:
     check_durability()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally: stop our broker
     configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    cluster = None
+    cluster = registry = None
     try:
         if configured and local_kafka.broker_reachable(configured, 10):
             bootstrap, broker = configured, "KAFKA_BOOTSTRAP_SERVERS"
@@ -813,8 +939,10 @@ def main(argv=None) -> int:
             print("[bench] starting a fresh local broker in .kafka/bench-broker", file=sys.stderr, flush=True)
             cluster.start(timeout=120, fresh=True)
             bootstrap, broker = cluster.bootstrap, "started by the bench"
+        registry, registry_missing = schema_registry(args)
+        url = registry if isinstance(registry, str) else (registry.url if registry else None)
         with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
-            bench = Bench(args, bootstrap, Path(workdir))
+            bench = Bench(args, bootstrap, Path(workdir), url, registry_missing)
             began = time.monotonic()
             try:
                 if args.only == "console":
@@ -839,6 +967,8 @@ def main(argv=None) -> int:
     finally:
         if cluster is not None:
             cluster.stop()
+        if registry is not None and not isinstance(registry, str):
+            registry.stop()
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(table(report))

@@ -21,6 +21,7 @@ before any of its messages is processed, so restarts and scale-out never double 
 from __future__ import annotations
 
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 
@@ -63,7 +64,12 @@ ABORT_TIMEOUT_SECONDS = 60.0
 UNREACHABLE = {KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
                KafkaError.REQUEST_TIMED_OUT, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR}
 STALE = "Kafka was out of reach"
+# A commit refused because the group rebalances: routine when instances join or leave.
+REBALANCING = {KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.UNKNOWN_MEMBER_ID}
 RENEWAL_WINDOW_SECONDS = 300.0
+# How long commits wait for the second round of an incremental rebalance (see _on_revoke); a few
+# heartbeats, well inside transaction.timeout.ms.
+HOLD_COMMITS_SECONDS = 5.0
 
 
 def topic_id(settings: KafkaSettings, topic: str) -> str | None:
@@ -123,12 +129,14 @@ class OrderAggregator:
         self.run_processed = 0
         self.run_dead_lettered = 0
         self.commit_failures = 0
+        self.reseek = False  # set when kept partitions were rolled back during a rebalance
+        self.hold_commits_until = 0.0  # monotonic time; see _on_revoke
         self.failed = False  # set when the run stops on a fatal error
 
         # No static membership (group.instance.id): with it, librdkafka fenced the instance for good
         # when the group coordinator's broker died (tested on a 3-broker cluster). A restarted
         # instance rejoins as a new member; the dead one is dropped after session.timeout.ms.
-        self.consumer = Consumer(settings.client_config(**{
+        consumer_config = {
             "group.id": group,
             # Offsets move only when our commit says the work behind them is done.
             "enable.auto.commit": False,
@@ -138,8 +146,29 @@ class OrderAggregator:
             "isolation.level": "read_committed",
             # A killed instance's partitions move to the survivors after 10 s, not the 45 s default.
             "session.timeout.ms": 10000,
+            # A member learns that the group rebalances from its next heartbeat: every second, not
+            # every 3 s (the default), since an incremental rebalance takes two rounds of it.
+            "heartbeat.interval.ms": 500,
+            # Incremental rebalancing (KIP-429): a joining or leaving instance moves only the
+            # partitions that change owner; the others keep being processed (and committed)
+            # through the rebalance instead of every instance stopping, committing and restoring all.
+            "partition.assignment.strategy": "cooperative-sticky",
             **common_client_config(),
-        }))
+        }
+        consumer_config = settings.client_config(**consumer_config)
+        # -X may choose another strategy, or the KIP-848 protocol (group.protocol=consumer), which
+        # is incremental by design: the rebalance callbacks must then add and remove, not replace.
+        kip848 = consumer_config.get("group.protocol") == "consumer"
+        # The classic cooperative protocol gives partitions up in one round and hands them out
+        # in a second; KIP-848 reconciles each member with the broker's target on its own.
+        self.two_rounds = not kip848 and "cooperative" in str(consumer_config.get("partition.assignment.strategy", ""))
+        self.incremental = kip848 or self.two_rounds
+        if kip848:
+            # The KIP-848 protocol refuses the classic group settings: the broker owns them.
+            for key in ("session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"):
+                if key not in settings.client_overrides:
+                    consumer_config.pop(key, None)
+        self.consumer = Consumer(consumer_config)
         producer_extra = {}
         if self.exactly_once:
             producer_extra = {
@@ -151,7 +180,12 @@ class OrderAggregator:
                 "transaction.timeout.ms": 15000,
             }
         self.instance_id = instance_id
-        self.producer_config = reliable_producer_config(settings, delivery_timeout, **producer_extra)
+        self.producer_config = reliable_producer_config(settings, delivery_timeout, **{
+            # Every callback of this producer acts on failures only (DeliveryErrors, the DLQ
+            # writer's size and permission checks): a Python call per delivered changelog record or
+            # dead letter would cost more than writing it. flush() still waits for every message.
+            "delivery.report.only.error": True,
+            **producer_extra})
         self.producer = Producer(self.producer_config)
         self.dead_letters = DeadLetterProducer(settings, producer=self.producer)
         self.renewals: list[float] = []  # when the transactional producer had to be replaced
@@ -179,6 +213,12 @@ class OrderAggregator:
                 # consume(n, timeout) waits until it has n messages or the timeout passed: take what
                 # is there at once, and block (0.2 s at most) only for the first message when none is.
                 messages = self.consumer.consume(budget, timeout=0) or self.consumer.consume(1, timeout=0.2)
+                if self.reseek:
+                    # A commit failed inside an incremental rebalance: the partitions kept were
+                    # rolled back, so what was fetched for them before belongs to the undone unit.
+                    self.reseek = False
+                    self._seek_to_committed()
+                    messages = []
                 now = time.monotonic()
                 if messages:
                     self.last_activity = now
@@ -196,6 +236,7 @@ class OrderAggregator:
                     last_commit = time.monotonic()
                 if on_batch:
                     on_batch(self)
+            self.hold_commits_until = 0.0  # the last commit is not put off (see _on_revoke)
             self.commit()
             return self.totals()
         finally:
@@ -321,6 +362,10 @@ class OrderAggregator:
             original_headers=headers,
         )
         dead_letter.headers_unreadable = headers_unreadable
+        if stage == "process" and self.dead_letters.format == "original":
+            # Where the processing step failed, for the stack-trace headers Spring's and Connect's
+            # readers show (decode and validate failures are the message's, their reason says all).
+            dead_letter.stacktrace = "".join(traceback.format_exception(error))
         return dead_letter
 
     def _send_dead_letter(self, state: PartitionState, dead_letter: DeadLetter) -> None:
@@ -337,6 +382,8 @@ class OrderAggregator:
         """Commit the current unit of work; on failure roll back and return False."""
         if not self.dirty:
             return True
+        if not in_rebalance and time.monotonic() < self.hold_commits_until:
+            return True  # a rebalance is under way: see _on_revoke
         offsets = [TopicPartition(self.topic, p, self.states[p].next_offset) for p in sorted(self.dirty)]
         try:
             if not self.exactly_once:
@@ -455,13 +502,20 @@ class OrderAggregator:
         if isinstance(error, KafkaError) and error.fatal() and not self.exactly_once:
             self._fail(f"this consumer hit a fatal error: {error.str()}")
         reason = error.str() if isinstance(error, KafkaError) else str(exc)
-        positions = ", ".join(f"{self.topic}[{p}]@{self.committed[p].next_offset}" for p in sorted(self.dirty))
+        rebalancing = isinstance(error, KafkaError) and error.code() in REBALANCING
+        if rebalancing and not in_rebalance:
+            # The group moved to a new generation under this unit (another instance joined or
+            # left): redo it at once, and commit again once this instance has its new assignment.
+            self.hold_commits_until = time.monotonic() + HOLD_COMMITS_SECONDS
+        # Where the partitions of the unit stand (all owned ones if it failed before touching any).
+        positions = ", ".join(f"{self.topic}[{p}]@{self.committed[p].next_offset}"
+                              for p in sorted(self.dirty or self.committed))
         self._drop_uncommitted(seek=not in_rebalance, renew=fatal)
         self.commit_failures += 1
         if in_rebalance:
             log.warning("commit failed while partitions move (%s): the next owner redoes the work", reason)
             return
-        delay = self.retry.backoff(min(self.commit_failures, 10))
+        delay = 0.0 if rebalancing else self.retry.backoff(min(self.commit_failures, 10))
         log.warning("commit failed (%s): holding at %s, nothing skipped; retrying in %.1fs",
                     reason, positions, delay)
         deadline = time.monotonic() + delay
@@ -484,10 +538,7 @@ class OrderAggregator:
             self.run_dead_lettered -= undone.dead_lettered - snapshot.aggregate.dead_lettered
             self.states[partition] = snapshot.copy()
         if seek:
-            # Every owned partition, not only the touched ones: a batch abandoned half way may
-            # hold messages of partitions it had not reached yet.
-            for partition, snapshot in self.committed.items():
-                self.consumer.seek(TopicPartition(self.topic, partition, snapshot.next_offset))
+            self._seek_to_committed()
             # What was rolled back is work to redo, not idleness: without this, a unit that took
             # longer than --idle-timeout (a stall, an outage) would end the run before its redo.
             # Only at the first failure of a streak: commits that keep failing still let an
@@ -496,17 +547,30 @@ class OrderAggregator:
                 self.last_activity = time.monotonic()
         self.dirty.clear()
 
+    def _seek_to_committed(self) -> None:
+        # Every owned partition, not only the touched ones: a batch abandoned half way may hold
+        # messages of partitions it had not reached yet.
+        for partition, snapshot in self.committed.items():
+            self.consumer.seek(TopicPartition(self.topic, partition, snapshot.next_offset))
+
     # -- rebalancing ------------------------------------------------------------------------------
 
     def _on_assign(self, consumer, partitions) -> None:
+        self.hold_commits_until = 0.0  # the rebalance is over: this generation's commits are valid
+        if not partitions and self.incremental:
+            return  # an incremental rebalance that gave this instance nothing new
         # Partitions added to the orders topic while running need their changelog partitions too.
         if any(tp.partition >= self.state_partitions for tp in partitions):
             try:
                 self.state_partitions = require_co_partitioned(consumer, self.topic, self.state_topic)
             except ToolFailure as exc:
                 self._fail(str(exc))
+        began = time.monotonic()
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=60)}
+        fetched = time.monotonic()
         restored = self._restore(committed)
+        log.debug("assignment: committed offsets in %.3fs, states restored in %.3fs", fetched - began,
+                  time.monotonic() - fetched)
         for tp in partitions:
             state = self._honour_operator(tp, restored.get(tp.partition), committed.get(tp.partition, -1))
             if state is None:
@@ -517,7 +581,10 @@ class OrderAggregator:
             self.states[tp.partition] = state
             self.committed[tp.partition] = state.copy()
             tp.offset = state.next_offset
-        consumer.assign(partitions)
+        if self.incremental:
+            consumer.incremental_assign(partitions)  # added to the partitions kept through the rebalance
+        else:
+            consumer.assign(partitions)
         self.last_activity = time.monotonic()  # joining the group does not count as idle time
         log.info("assigned %s (restored %d from %s)",
                  ", ".join(f"{self.topic}[{tp.partition}]@{tp.offset}" for tp in partitions),
@@ -579,11 +646,25 @@ class OrderAggregator:
 
     def _on_revoke(self, consumer, partitions) -> None:
         # Finish the unit of work while we still own these partitions; the next owner restores it.
-        if not self.failed:
-            self.commit(in_rebalance=True)
+        # The unit covers every dirty partition, the ones kept through an incremental rebalance too.
+        committed = self.failed or self.commit(in_rebalance=True)
         for tp in partitions:
             self.states.pop(tp.partition, None)
             self.committed.pop(tp.partition, None)
+        if partitions:
+            log.info("revoked %s; keeping %d partition(s)",
+                     ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions), len(self.states))
+        if self.two_rounds and partitions:
+            # After giving partitions up, the member joins the group again at once (the second
+            # round of an incremental rebalance), which ends the generation our commits carry: a
+            # transactional offset commit sent meanwhile fails with ILLEGAL_GENERATION and the whole
+            # unit is redone. The kept partitions go on being processed; their commit waits for the
+            # new assignment (_on_assign), or HOLD_COMMITS_SECONDS at most.
+            self.hold_commits_until = time.monotonic() + HOLD_COMMITS_SECONDS
+        if self.incremental:
+            # The kept partitions were rolled back with the rest of the failed unit, but their
+            # fetch positions were not (no seek inside a rebalance): the loop seeks them first.
+            self.reseek = not committed and bool(self.committed)
 
     def _on_lost(self, consumer, partitions) -> None:
         log.warning("partitions lost (session expired): discarding uncommitted work")

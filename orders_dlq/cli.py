@@ -40,6 +40,15 @@ def build_parser(description: str, example: str) -> ArgumentParser:
     return parser
 
 
+def add_dlq_format_argument(parser: argparse.ArgumentParser) -> None:
+    """--dlq-format, for the scripts that write dead letters."""
+    parser.add_argument("--dlq-format", choices=("envelope", "original"),
+                        help="how dead letters are written (env DLQ_FORMAT, default envelope): envelope = our "
+                             "Avro DeadLetter record; original = the original message's bytes unchanged, the "
+                             "context in Spring's kafka_dlt-* and Connect's __connect.errors.* headers, e.g. "
+                             "--dlq-format original")
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line after loading .env, so the environment layer is complete."""
     load_env_file()

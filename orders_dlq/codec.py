@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import os
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -123,13 +124,30 @@ class AvroCodec:
         fastavro.schemaless_writer(buffer, self._read_schema, record)
         return buffer.getvalue()
 
+    def writer_schema(self, raw: dict):
+        """A writer's schema (from a registry id or an older .avsc), parsed for decode_with().
+
+        Transformed as the reader's is (bytes decimals and checked logical types read plain), so
+        that Avro schema resolution pairs like with like; fastavro then fills fields the writer
+        lacks with the reader's defaults and skips fields the reader lacks.
+        """
+        return fastavro.parse_schema(_without_checked_logical_types(
+            _without_bytes_decimals(raw, {name for name, _ in self._decimals})))
+
     def decode(self, data: bytes | None) -> dict:
         """Strict decode: the whole value must be exactly one record, nothing left over."""
+        return self.decode_with(data, None)
+
+    def decode_with(self, data: bytes | None, writer) -> dict:
+        """decode() of bytes written with `writer` (a writer_schema(); None: this codec's own schema)."""
         if not data:
             raise DecodeError("empty value" if data is not None else "null value: a tombstone is not an order")
         stream = io.BytesIO(data)
         try:
-            record = fastavro.schemaless_reader(stream, self._decode_schema)
+            if writer is None:
+                record = fastavro.schemaless_reader(stream, self._decode_schema)
+            else:
+                record = fastavro.schemaless_reader(stream, writer, self._decode_schema)
             for name, scale in self._decimals:
                 if record[name] is not None:
                     record[name] = decimal_from_bytes(record[name], scale)
@@ -145,6 +163,39 @@ class AvroCodec:
         if stream.tell() != len(data):
             raise DecodeError(f"unexpected bytes after the Avro record: {len(data) - stream.tell()}")
         return record
+
+
+# The Confluent wire format of registry mode: magic byte 0, the schema id as a 4-byte big-endian
+# unsigned int, then the Avro body (schemaless binary). The id is the registry's, not a version.
+CONFLUENT_MAGIC_BYTE = 0
+CONFLUENT_HEADER_SIZE = 5
+
+
+def confluent_header(schema_id: int) -> bytes:
+    return bytes((CONFLUENT_MAGIC_BYTE,)) + schema_id.to_bytes(4, "big")
+
+
+def split_confluent_frame(data: bytes | None) -> tuple[int, bytes] | None:
+    """(schema id, Avro body) if the value has the Confluent framing, else None."""
+    if data is None or len(data) < CONFLUENT_HEADER_SIZE or data[0] != CONFLUENT_MAGIC_BYTE:
+        return None
+    return int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big"), data[CONFLUENT_HEADER_SIZE:]
+
+
+# Older order schemas kept for schemaless mode, where no id says which one wrote the bytes:
+# schemas/order.v1.avsc, order.v2.avsc, ... (the current one is order.avsc).
+ORDER_VERSION_FILE = re.compile(r"order\.v(\d+)\.avsc")
+
+
+def order_schema_versions(directory: Path | None = None) -> list[tuple[int, dict]]:
+    """The versioned order schemas in the schema directory, newest first."""
+    folder = directory or schema_dir()
+    found = []
+    for path in folder.glob("order.v*.avsc"):
+        match = ORDER_VERSION_FILE.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), load_schema(path.name, folder)))
+    return sorted(found, key=lambda item: item[0], reverse=True)
 
 
 # The order record's layout as the hand-written encoder below writes it.
@@ -165,6 +216,11 @@ def avro_long(value: int) -> bytes:
     if 0 <= value < 64:
         return _ONE_BYTE[value << 1]  # counts, small partitions: one byte
     value = (value << 1) ^ (value >> 63)
+    if value >> 49 and not value >> 56:
+        # Eight bytes: every microsecond timestamp from 1978 to 2198, so every order's created_at.
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80,
+                      value >> 21 & 0x7F | 0x80, value >> 28 & 0x7F | 0x80, value >> 35 & 0x7F | 0x80,
+                      value >> 42 & 0x7F | 0x80, value >> 49))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -187,6 +243,11 @@ def unscaled_cents(price) -> int:
     return unscaled
 
 
+# The first two varint bytes (continuation bit set) of every 14-bit value.
+_TWO_LOW_BYTES = tuple(bytes((low & 0x7F | 0x80, low >> 7 | 0x80)) for low in range(1 << 14))
+FIELD_CACHE_SIZE = 65536
+
+
 class OrderCodec(AvroCodec):
     """The order codec, with a hand-written encoder for the fixed four-field record.
 
@@ -197,22 +258,97 @@ class OrderCodec(AvroCodec):
 
     def __init__(self, directory: Path | None = None):
         super().__init__(ORDER_SCHEMA_FILE, directory)
-        fields = load_schema(ORDER_SCHEMA_FILE, directory)["fields"]
+        fields = self.schema["fields"]
         layout = [(f["name"], f["type"] if isinstance(f["type"], str) else f["type"].get("type")) for f in fields]
         price = fields[2]["type"] if len(fields) > 2 else {}
         self.fast = layout == ORDER_LAYOUT and isinstance(price, dict) and price.get("scale") == PRICE_SCALE
+        # Schemaless evolution: bytes the current schema cannot read exactly are tried with each
+        # older version (newest first); one is accepted only if it consumes the bytes exactly.
+        canonical = _canonical(self.schema)
+        self.older_writers = [(version, self.writer_schema(raw)) for version, raw in order_schema_versions(directory)
+                              if _canonical(raw) != canonical]
+        # A shop has few products and prices: their Avro bytes (length included) are made once.
+        self._products: dict = {}
+        self._prices: dict = {}
+        self._tail_of = -1  # created_at >> 13 whose varint tail is _tail
+        self._tail = b""
+
+    # Written before every body: empty (schemaless), or registry mode's 5-byte Confluent header.
+    header = b""
 
     def encode(self, record: dict) -> bytes:
         if not self.fast:
-            return super().encode(record)
-        order_id = record["order_id"].encode()
-        product = record["product"].encode()
-        price = avro_decimal(unscaled_cents(record["price"]))
-        return b"".join((avro_length(len(order_id)), order_id, avro_length(len(product)), product,
-                         avro_length(len(price)), price, avro_long(record["created_at"])))
+            return self.header + super().encode(record)
+        return self.encode_fields(record["order_id"], record["product"], record["price"], record["created_at"])
+
+    def encode_fields(self, order_id: str, product: str, price, created_at: int) -> bytes:
+        """encode() of the order with these fields, without building the record first."""
+        if not self.fast:
+            return self.header + super().encode({"order_id": order_id, "product": product, "price": price,
+                                                 "created_at": created_at})
+        order_id_bytes = order_id.encode()
+        product_bytes = self._products.get(product)
+        if product_bytes is None:
+            product_bytes = avro_length(len(product.encode())) + product.encode()
+            self._remember(self._products, product, product_bytes)
+        price_bytes = self._prices.get(price)
+        if price_bytes is None:
+            unscaled = avro_decimal(unscaled_cents(price))  # raises for a price it cannot write
+            price_bytes = avro_length(len(unscaled)) + unscaled
+            self._remember(self._prices, price, price_bytes)
+        return b"".join((self.header, avro_length(len(order_id_bytes)), order_id_bytes, product_bytes, price_bytes,
+                         self._created_at(created_at)))
+
+    @staticmethod
+    def _remember(cache: dict, key, value: bytes) -> None:
+        if len(cache) >= FIELD_CACHE_SIZE:
+            cache.clear()  # bounded, whatever the input: a few repeated values are what it is for
+        cache[key] = value
+
+    def _created_at(self, micros: int) -> bytes:
+        """avro_long(micros) for timestamps, from a table and a cached tail.
+
+        The zig-zag value of a timestamp t >= 0 is 2t; its first two varint bytes carry the low 14
+        bits, the rest (the tail) depends only on t >> 13, which changes every 8 ms."""
+        if not isinstance(micros, int) or micros < 8192 or micros >> 62:
+            return avro_long(micros)  # not an int, small, negative or huge: the general way
+        if micros >> 13 != self._tail_of:
+            self._tail_of = micros >> 13
+            self._tail = avro_long(micros)[2:]
+        return _TWO_LOW_BYTES[(micros << 1) & 0x3FFF] + self._tail
+
+    def decode(self, data: bytes | None) -> dict:
+        """A schemaless order written with the current schema or an older version of it."""
+        try:
+            return self.decode_with(data, None)
+        except DecodeError as current_error:
+            for _version, writer in self.older_writers:
+                try:
+                    return self.decode_with(data, writer)
+                except DecodeError:
+                    continue
+            frame = split_confluent_frame(data)
+            if frame is not None and self.decodes(frame[1]):
+                raise DecodeError(f"confluent-framed, schema id {frame[0]}, but the consumer runs schemaless "
+                                  "(start it with --schema-registry)") from None
+            raise current_error from None
+
+    def decodes(self, data: bytes) -> bool:
+        """True if the bytes are a schemaless order of the current or an older schema."""
+        for writer in (None, *(writer for _version, writer in self.older_writers)):
+            try:
+                self.decode_with(data, writer)
+                return True
+            except DecodeError:
+                continue
+        return False
 
 
-def order_codec(directory: Path | None = None) -> AvroCodec:
+def _canonical(raw: dict) -> str:
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"))
+
+
+def order_codec(directory: Path | None = None) -> OrderCodec:
     return OrderCodec(directory)
 
 

@@ -7,6 +7,16 @@ Headers follow two conventions that existing tools already read:
 - Kafka Connect's errors.deadletterqueue.context.headers.enable (`__connect.errors.*`): all UTF-8
   strings, numbers in decimal.
 Our own `dlq.*` headers carry what neither has: stage, retry and replay counts, time of failure.
+
+Two ways to write a dead letter (--dlq-format):
+- envelope (the default): the value is our Avro DeadLetter record, marked `dlq.format:
+  orders_dlq.DeadLetter/avro`; the headers repeat the context for tools that only look there.
+- original: the value and key are the original message's bytes unchanged, the way Spring's
+  DeadLetterPublishingRecoverer and Connect's DLQ write them, so a Spring @DltHandler or a Connect
+  reader gets the record it would have got; all context is in the headers above, plus the stack
+  trace headers and Connect's connector.name / task.id / class.name, marked `dlq.format: original`.
+  A dead letter without an original value to carry (a null message, or one too large for the DLQ)
+  is written as an envelope even then: the envelope is what can say what was left out.
 """
 
 from __future__ import annotations
@@ -36,6 +46,15 @@ OUR_PREFIX = "dlq."
 # Marks a value that is our Avro DeadLetter record (other tools' DLQs hold the original bytes).
 FORMAT_HEADER = "dlq.format"
 FORMAT_AVRO = b"orders_dlq.DeadLetter/avro"
+FORMAT_ORIGINAL = b"original"
+CONNECT_STACKTRACE = CONNECT_PREFIX + "exception.stacktrace"
+CONNECT_CONNECTOR = CONNECT_PREFIX + "connector.name"
+CONNECT_TASK = CONNECT_PREFIX + "task.id"
+CONNECT_EXECUTING_CLASS = CONNECT_PREFIX + "class.name"
+CONNECT_STAGE = CONNECT_PREFIX + "stage"
+# Connect's class.name is the class that was running when the record failed; ours, per stage.
+EXECUTING_CLASS = {"produce": "orders_dlq.delivery.OrderSender", "deserialize": "orders_dlq.codec.OrderCodec",
+                   "validate": "orders_dlq.orders.validate", "process": "orders_dlq.aggregation.OrderAggregator"}
 # Header names we write ourselves; dead-lettering a replayed dead letter replaces them.
 ERROR_HEADER_PREFIXES = ("kafka_dlt-", CONNECT_PREFIX, OUR_PREFIX)
 REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"
@@ -58,6 +77,8 @@ PRICE_LIMIT = Decimal(10) ** 10
 CENT = Decimal("0.01")
 # A reason longer than this is cut: an exception text can quote a whole hostile message.
 MAX_TEXT = 2000
+# A stack trace longer than this is cut (it is written twice, Spring's and Connect's header).
+MAX_STACKTRACE = 8000
 
 
 def fit_text(value, limit: int = MAX_TEXT) -> str:
@@ -96,7 +117,7 @@ def _fit_count(value) -> int:
     return 0
 
 
-def _fit_price(value) -> Decimal | None:
+def fit_price(value) -> Decimal | None:
     """The price when decimal(12, 2) can carry it exactly; None otherwise (the original bytes keep it)."""
     try:
         if (isinstance(value, Decimal) and value.is_finite() and abs(value) < PRICE_LIMIT
@@ -139,6 +160,8 @@ class DeadLetter:
     original_size: int | None = None
     original_sha256: str | None = None
     headers_unreadable: str | None = None
+    # Only in the original format's stack trace headers: the Python traceback, when there was one.
+    stacktrace: str | None = None
 
     @classmethod
     def for_order(cls, order: dict | None, **context) -> DeadLetter:
@@ -165,7 +188,7 @@ class DeadLetter:
             error_timestamp=fit_text(self.error_timestamp, 100),
             order_id=_fit_optional_text(self.order_id, 200),
             product=_fit_optional_text(self.product, 200),
-            price=_fit_price(self.price),
+            price=fit_price(self.price),
             original_partition=_fit_int(self.original_partition, 0, INT_MAX),
             original_offset=_fit_int(self.original_offset, 0, LONG_MAX),
             original_timestamp=_fit_int(self.original_timestamp, LONG_MIN, LONG_MAX),
@@ -176,6 +199,7 @@ class DeadLetter:
             original_size=_fit_int(self.original_size, 0, LONG_MAX),
             original_sha256=_fit_optional_text(self.original_sha256, 64),
             headers_unreadable=_fit_optional_text(self.headers_unreadable, 500),
+            stacktrace=_fit_optional_text(self.stacktrace, MAX_STACKTRACE),
         )
 
     def reduced_to_fit(self, level: int = 1) -> DeadLetter:
@@ -245,6 +269,22 @@ class DeadLetter:
         out.append((FORMAT_HEADER, FORMAT_AVRO))
         return out
 
+    def original_format_headers(self, instance: str) -> list[tuple[str, bytes]]:
+        """The headers of this dead letter in the original format: those of headers(), plus what a
+        Spring @DltHandler or a Connect-style reader finds beside the original value. `instance` (the
+        writing client) stands in for Connect's task.id, the consumer group or client for its
+        connector.name. The stack trace headers hold the Python traceback when the dead letter carries
+        one, else `<type>: <reason>` (a rejected order is not a crash: its reason is the whole story)."""
+        out = self.headers()
+        out.pop()  # headers() ends with the envelope's format marker
+        trace = (self.stacktrace or f"{self.error_type}: {self.error_reason}").encode("utf-8", "backslashreplace")
+        out += [(SPRING_STACKTRACE, trace), (CONNECT_STACKTRACE, trace),
+                (CONNECT_CONNECTOR, self.failed_by.encode("utf-8", "backslashreplace")),
+                (CONNECT_TASK, instance.encode("utf-8", "backslashreplace")),
+                (CONNECT_EXECUTING_CLASS, EXECUTING_CLASS.get(self.error_stage, "orders_dlq").encode()),
+                (FORMAT_HEADER, FORMAT_ORIGINAL)]
+        return out
+
 
 # The record's layout (schemas/dead_letter.avsc) as the hand-written encoder writes it: field,
 # Avro type, nullable. Another layout in the schema file falls back to fastavro.
@@ -289,7 +329,7 @@ def _context_headers(topic: str, failed_by: str, error_type: str, stage: str) ->
         return text.encode("utf-8", "backslashreplace")
     spring = ((SPRING_TOPIC, encoded(topic)), (SPRING_GROUP, encoded(failed_by)),
               (SPRING_EXCEPTION_CLASS, encoded(error_type)))
-    connect = ((CONNECT_PREFIX + "topic", encoded(topic)), (CONNECT_PREFIX + "stage", encoded(stage)),
+    connect = ((CONNECT_PREFIX + "topic", encoded(topic)), (CONNECT_STAGE, encoded(stage)),
                (CONNECT_PREFIX + "exception.class.name", encoded(error_type)))
     return spring, connect, (STAGE_HEADER, encoded(stage)), (OUR_PREFIX + "failed.by", encoded(failed_by))
 
@@ -345,6 +385,10 @@ class DeadLetterCodec:
             return dead_letter
         return dead_letter_from_headers(value, headers, key, dlq_topic)
 
+    def encode_original(self, dead_letter: DeadLetter, instance: str) -> tuple[bytes | None, bytes, list]:
+        """Key, value and headers of a fitted dead letter in the original format (see the module doc)."""
+        return dead_letter.original_key, dead_letter.original_value, dead_letter.original_format_headers(instance)
+
 
 def _header_text(headers: dict, name: str) -> str | None:
     value = headers.get(name)
@@ -369,12 +413,11 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
         raise DecodeError("neither our Avro dead letter nor a message with dead-letter headers")
     reason = (_header_text(headers, SPRING_EXCEPTION_MESSAGE)
               or _header_text(headers, CONNECT_PREFIX + "exception.message") or "unknown")
-    return DeadLetter(
+    dead_letter = DeadLetter(
         error_reason=reason,
         error_type=(_header_text(headers, SPRING_EXCEPTION_CLASS)
                     or _header_text(headers, CONNECT_PREFIX + "exception.class.name") or "unknown"),
-        error_stage=(_header_text(headers, STAGE_HEADER)
-                     or _header_text(headers, CONNECT_PREFIX + "stage") or "unknown"),
+        error_stage=_stage_of(headers),
         error_timestamp=_header_text(headers, TIMESTAMP_HEADER) or "",
         original_topic=(_header_text(headers, SPRING_TOPIC)
                         or _header_text(headers, CONNECT_PREFIX + "topic")
@@ -389,12 +432,43 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
         original_key=key,
         original_value=value,
         original_headers=without_error_context(header_list),
+        stacktrace=_header_text(headers, SPRING_STACKTRACE) or _header_text(headers, CONNECT_STACKTRACE),
     )
+    if REDUCED_HEADER in headers:
+        dead_letter.reduced = _header_text(headers, REDUCED_HEADER)
+        dead_letter.original_size = _header_int(headers, "-", ORIGINAL_SIZE_HEADER)
+        dead_letter.original_sha256 = _header_text(headers, ORIGINAL_SHA256_HEADER)
+    dead_letter.headers_unreadable = _header_text(headers, HEADERS_UNREADABLE_HEADER)
+    return dead_letter
+
+
+# Connect's stages (org.apache.kafka.connect.runtime.errors.Stage) as ours: a converter failing is a
+# record that cannot be read, a transformation one that does not pass, the task's own work processing.
+CONNECT_STAGES = {"KEY_CONVERTER": "deserialize", "VALUE_CONVERTER": "deserialize",
+                  "HEADER_CONVERTER": "deserialize", "KAFKA_CONSUME": "deserialize",
+                  "TRANSFORMATION": "validate", "TASK_PUT": "process", "TASK_POLL": "process",
+                  "KAFKA_PRODUCE": "produce"}
+
+
+def _stage_of(headers: dict) -> str:
+    """Our stage for a dead letter read from headers: ours when we wrote it, else Connect's stage
+    translated, else Spring's (its recoverer sees a deserializer's failure or the listener's)."""
+    ours = _header_text(headers, STAGE_HEADER)
+    if ours:
+        return ours
+    connect = _header_text(headers, CONNECT_STAGE)
+    if connect:
+        return CONNECT_STAGES.get(connect, connect)
+    spring = _header_text(headers, SPRING_EXCEPTION_CLASS)
+    if spring:
+        return "deserialize" if "Deserializ" in spring or "Conversion" in spring else "process"
+    return "unknown"
 
 
 # The dataclass fields that are Avro record fields (the others travel as headers only).
 RECORD_FIELDS = tuple(f.name for f in fields(DeadLetter)
-                      if f.name not in ("reduced", "original_size", "original_sha256", "headers_unreadable"))
+                      if f.name not in ("reduced", "original_size", "original_sha256", "headers_unreadable",
+                                        "stacktrace"))
 
 
 def reason_category(reason: str) -> str:

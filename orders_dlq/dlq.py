@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -11,8 +13,9 @@ from confluent_kafka.admin import ConfigResource
 
 from orders_dlq import transactions
 from orders_dlq.codec import dead_letter_codec
-from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec, fit_text
+from orders_dlq.dead_letter import FORMAT_AVRO, FORMAT_HEADER, DeadLetter, DeadLetterCodec, fit_text
 from orders_dlq.errors import ToolFailure
+from orders_dlq.foreign import with_order_fields
 from orders_dlq.kafka import (
     DEAD_LETTER_MAX_BYTES,
     admin_client,
@@ -99,6 +102,10 @@ class DeadLetterProducer:
         self.reduced = 0  # dead letters written without (part of) their original message
         self.permanent_error: str | None = None  # set by a delivery error no retry can fix
         self.origin = origin  # who spools (recorded per row, so a run can count its own rows)
+        # "envelope" or "original" (see orders_dlq/dead_letter.py); the writer's identity goes into
+        # the original format's Connect task.id header.
+        self.format = settings.dlq_format
+        self.instance = origin or f"{socket.gethostname()}:{os.getpid()}"
         self.cluster_id: str | None = None  # the cluster this producer talks to, once it answered
 
     def cluster(self, timeout: float = 10.0) -> tuple[str | None, set[str]]:
@@ -153,6 +160,13 @@ class DeadLetterProducer:
         return key, value, headers
 
     def _encode_fitted(self, dead_letter: DeadLetter) -> tuple[bytes | None, bytes, list]:
+        if self.format == "original" and dead_letter.original_value is not None and dead_letter.reduced is None:
+            key, value, headers = self.codec.encode_original(dead_letter, self.instance)
+            if message_size(key, value, headers) <= self.max_bytes:
+                return key, value, headers
+            log.warning("dead letter of %s[%s]@%s: the original message does not fit %s (%d bytes at most); "
+                        "written as a reduced envelope instead", dead_letter.original_topic,
+                        dead_letter.original_partition, dead_letter.original_offset, self.topic, self.max_bytes)
         for level in (0, 1, 2):
             if level:
                 dead_letter = dead_letter.reduced_to_fit(level)
@@ -303,7 +317,9 @@ class DeadLetterProducer:
                 return report
 
             for row in rows:
-                self._produce(row.topic, row.key, row.value, row.kafka_headers(), confirm(row.row_id))
+                key, value, headers = self.in_configured_format(row.key, row.value, row.headers)
+                headers = [*headers, (SPOOL_ID_HEADER, row.spool_id.encode())]  # for exactly once
+                self._produce(row.topic, key, value, headers, confirm(row.row_id))
             self.producer.flush(timeout)
             self.spool.delete(delivered)
             for why, count in refused.items():
@@ -311,6 +327,19 @@ class DeadLetterProducer:
             result.sent = len(delivered)
             result.remaining = self.spool.count()
             return result
+
+    def in_configured_format(self, key: bytes | None, value: bytes, headers: list) -> tuple[bytes | None, bytes, list]:
+        """A spooled dead letter, written in the format this producer writes (a run with another
+        --dlq-format may have spooled it): decoded and encoded again when the formats differ."""
+        is_envelope = (FORMAT_HEADER, FORMAT_AVRO) in headers
+        if is_envelope == (self.format == "envelope"):
+            return key, value, headers
+        try:
+            return self.encode(with_order_fields(self.codec.decode_message(value, headers, key, self.topic)))
+        except Exception as exc:  # noqa: BLE001 - a row we cannot convert still goes, as it was spooled
+            log.warning("a spooled dead letter could not be converted to the %s format (%s): sent as spooled",
+                        self.format, exc)
+            return key, value, headers
 
     def _spool_ids_in_kafka(self, topics: set[str], since: float, timeout: float) -> set[str]:
         consumer = Consumer(reader_config(self.settings, f"dlq-spool-check-{uuid.uuid4()}"))

@@ -47,6 +47,9 @@ DEFAULT_MAX_REPLAYS = 3
 
 REPLAY, HELD, UNREPLAYABLE, ALREADY_REPLAYED = "replay", "held", "unreplayable", "already_replayed"
 ALREADY_HANDLED = "already_handled"  # resolved or discarded by an operator
+# A group coordinator that is moving or loading: the question is answered later, not never.
+COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                         KafkaError.COORDINATOR_NOT_AVAILABLE}
 
 
 def replay_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes | None]]:
@@ -211,6 +214,20 @@ class Replayer:
         except (KafkaException, RuntimeError) as exc:
             log.warning("closing the DLQ reader: %s", exc)
 
+    def _committed(self, partitions: list[int], timeout: float = 30.0) -> list[TopicPartition]:
+        """The group's committed offsets. Right after a broker starts, the coordinator of the group
+        may still be elected or loading __consumer_offsets: librdkafka then answers at once with
+        NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS instead of waiting, so ask again until it is ready."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.consumer.committed([TopicPartition(self.dlq_topic, p) for p in partitions],
+                                               timeout=max(1.0, deadline - time.monotonic()))
+            except KafkaException as exc:
+                if exc.args[0].code() not in COORDINATOR_NOT_READY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
     def _bounds(self) -> tuple[dict[int, int], dict[int, int]]:
         """Where each DLQ partition starts (the group's cursor) and ends (its end right now)."""
         metadata = self.consumer.list_topics(self.dlq_topic, timeout=10).topics.get(self.dlq_topic)
@@ -219,9 +236,7 @@ class Replayer:
         partitions = sorted(metadata.partitions)
         try:
             committed = {} if self.options.from_beginning else {
-                tp.partition: tp.offset
-                for tp in self.consumer.committed([TopicPartition(self.dlq_topic, p) for p in partitions],
-                                                  timeout=30)}
+                tp.partition: tp.offset for tp in self._committed(partitions)}
             starts, ends = {}, {}
             for partition in partitions:
                 low, high = self.consumer.get_watermark_offsets(TopicPartition(self.dlq_topic, partition),

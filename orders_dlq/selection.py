@@ -1,9 +1,10 @@
 """Reading a DLQ and choosing from it, for every tool that does (the monitor, the replayer).
 
-- `read_dead_letter()` turns one DLQ message into a `DlqRecord`, whatever wrote it: our Avro dead
-  letters, Spring Kafka's and Kafka Connect's (original value + error headers). Anything else
-  (random bytes, tombstones, hostile headers) raises `UnreadableRecord` with the reason, for the
-  caller to count and pass over: a DLQ holds whatever anyone wrote to it.
+- `read_dead_letter()` turns one DLQ message into a `DlqRecord`, whatever wrote it: our dead letters
+  in either format (envelope or original), Spring Kafka's and Kafka Connect's (original value +
+  error headers). Anything else (random bytes, tombstones, hostile headers) raises
+  `UnreadableRecord` with the reason, for the caller to count and pass over: a DLQ holds whatever
+  anyone wrote to it.
 - `Selection` is which dead letters a tool works on (reason, stage, product, original topic, key,
   order id, headers, text, time, DLQ offsets, status), where reading starts (an offset, a time),
   with its command-line flags and its one consistency check. dlq_consumer.py, dlq_replay.py and
@@ -16,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from orders_dlq.codec import DecodeError
-from orders_dlq.dead_letter import STAGES, DeadLetter, DeadLetterCodec
+from orders_dlq.dead_letter import FORMAT_AVRO, FORMAT_HEADER, STAGES, DeadLetter, DeadLetterCodec
 from orders_dlq.errors import UsageError
+from orders_dlq.foreign import with_order_fields
 from orders_dlq.marks import STATUSES, Mark, mark_key, status_of
 
 ALL = "all"  # --status all: every dead letter, whatever its mark
@@ -47,9 +49,15 @@ class DlqRecord:
 
 
 def read_dead_letter(message, codec: DeadLetterCodec, dlq_topic: str) -> DlqRecord:
-    """Decode one DLQ message; anything at all that goes wrong is an UnreadableRecord."""
+    """Decode one DLQ message; anything at all that goes wrong is an UnreadableRecord.
+
+    A dead letter whose value is the original message (our original format, Spring's, Connect's)
+    gets its order fields from that message when it is one of our orders."""
     try:
-        dead_letter = codec.decode_message(message.value(), message.headers(), message.key(), dlq_topic)
+        headers = message.headers() or []
+        dead_letter = codec.decode_message(message.value(), headers, message.key(), dlq_topic)
+        if (FORMAT_HEADER, FORMAT_AVRO) not in headers:
+            dead_letter = with_order_fields(dead_letter)
         timestamp_type, timestamp = message.timestamp()
         return DlqRecord(dead_letter, message.topic(), message.partition(), message.offset(),
                          timestamp if timestamp_type else None)

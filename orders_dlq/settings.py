@@ -29,6 +29,9 @@ class KafkaSettings:
     topic: str
     dlq_topic: str
     client_overrides: dict[str, str] = field(default_factory=dict)
+    # How dead letters are written (see orders_dlq/dead_letter.py): "envelope" (our Avro record) or
+    # "original" (the original bytes as the value, the context in Spring's and Connect's headers).
+    dlq_format: str = "envelope"
 
     def client_config(self, **settings) -> dict:
         """A librdkafka config: our settings, then the operator's -X overrides (they win)."""
@@ -87,7 +90,18 @@ def kafka_settings(args) -> KafkaSettings:
     env_pairs = os.environ.get("KAFKA_CLIENT_CONFIG", "").split(",")
     overrides = parse_client_overrides([pair for pair in env_pairs if pair.strip()], "KAFKA_CLIENT_CONFIG")
     overrides.update(parse_client_overrides(args.client_overrides, "-X"))
-    return KafkaSettings(bootstrap, topic, dlq_topic, overrides)
+    dlq_format = setting(args, "dlq_format", "DLQ_FORMAT", "envelope", dlq_format_choice)
+    return KafkaSettings(bootstrap, topic, dlq_topic, overrides, dlq_format)
+
+
+DLQ_FORMATS = ("envelope", "original")
+
+
+def dlq_format_choice(raw: str) -> str:
+    """DLQ_FORMAT: one of DLQ_FORMATS (the flag's own choices are checked by argparse)."""
+    if raw not in DLQ_FORMATS:
+        raise ValueError(f"must be one of {', '.join(DLQ_FORMATS)}")
+    return raw
 
 
 def state_topic_setting(args, settings: KafkaSettings) -> str:

@@ -21,7 +21,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from orders_dlq import local_kafka
+from orders_dlq import local_kafka, local_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +71,32 @@ def private_kafka(tmp_path):
         cluster.stop()
 
 
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory):
+    """The ccompat API URL of a real Schema Registry (Apicurio) of this session, on a free port.
+
+    Started only when a test asks for it, one per xdist worker. Where it cannot be built or run
+    (no Java or Maven, no network for the first build) its tests fail in CI (CI=true) and are
+    skipped elsewhere, with the one-sentence reason.
+    """
+    configured = os.environ.get("TEST_SCHEMA_REGISTRY_URL")
+    if configured:
+        if not local_registry.registry_answers(configured, 10):
+            pytest.exit(f"TEST_SCHEMA_REGISTRY_URL={configured} is set but no registry answers there", returncode=1)
+        yield configured
+        return
+    try:
+        registry = local_registry.start_on_free_port(tmp_path_factory.mktemp("schema-registry"))
+    except local_registry.RegistryLocalError as err:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the local Schema Registry is required in CI: {err}")
+        pytest.skip(f"no local Schema Registry: {err}")
+    try:
+        yield registry.url
+    finally:
+        registry.stop()
+
+
 class Scripts:
     """Runs the top-level scripts as a user would: subprocesses with a deadline, in a scratch directory."""
 
@@ -80,7 +106,8 @@ class Scripts:
         self.topic = topic
 
     def env(self, extra: dict | None = None) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ORDERS_", "DLQ_"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("KAFKA_", "ORDERS_", "DLQ_", "SCHEMA_REGISTRY_"))}
         env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
         if self.topic:
             env["ORDERS_TOPIC"] = self.topic

@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def test_tiny_bench_runs_every_case_and_writes_json(kafka_bootstrap, tmp_path):
+def test_tiny_bench_runs_every_case_and_writes_json(kafka_bootstrap, schema_registry, tmp_path):
     out = tmp_path / "results.json"
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    # The session's broker and registry: the bench starts neither.
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SCHEMA_REGISTRY_URL": schema_registry}
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--tiny", "--json-out", str(out)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280,
                             stdin=subprocess.DEVNULL)

@@ -35,8 +35,9 @@ class FlakyPricingAggregator(OrderAggregator):
         super().process_order(aggregate, order)
 
 
-def run_engine(pipeline: Pipeline, failures: int, guarantee: str) -> FlakyPricingAggregator:
-    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
+def run_engine(pipeline: Pipeline, failures: int, guarantee: str,
+               dlq_format: str = "envelope") -> FlakyPricingAggregator:
+    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic, dlq_format=dlq_format)
     engine = FlakyPricingAggregator(settings, group=pipeline.group, state_topic=pipeline.state_topic,
                                     guarantee=guarantee, failures=failures,
                                     retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
@@ -74,6 +75,26 @@ def test_persistent_processing_errors_go_to_the_dlq_after_max_attempts(pipeline:
     assert "Fudge" not in report["products"]
     assert report["overall"]["count"] == truth["count"] - fudge_count
     assert report["dead_lettered"] == fudge_count
+
+
+def test_in_the_original_format_a_processing_failure_carries_its_python_traceback(pipeline: Pipeline):
+    pipeline.scripts.json("producer.py", "--count", 100, "--seed", 19)
+    orders = {m.offset(): m.value() for m in pipeline.read(pipeline.topic) if m.partition() == 0}
+
+    run_engine(pipeline, failures=1000, guarantee="exactly-once", dlq_format="original")
+
+    letters = pipeline.read(pipeline.dlq_topic)
+    assert letters
+    for message in letters:
+        headers = dict(message.headers())
+        # The value is the original order, unchanged; the context is in Spring's and Connect's headers.
+        if headers["kafka_dlt-original-partition"] == (0).to_bytes(4, "big"):
+            assert message.value() == orders[int.from_bytes(headers["kafka_dlt-original-offset"], "big")]
+        for name in ("kafka_dlt-exception-stacktrace", "__connect.errors.exception.stacktrace"):
+            trace = headers[name].decode()
+            assert trace.startswith("Traceback (most recent call last):"), trace
+            assert "in process_order" in trace and trace.rstrip().endswith(
+                "TimeoutError: pricing service did not answer")
 
 
 class BuggyDecoder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from orders_dlq import local_kafka
+from orders_dlq import local_kafka, local_registry
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -41,3 +41,12 @@ def test_two_listeners_host_and_in_network():
     assert compose["advertised.listeners"] == "HOST://127.0.0.1:9092,DOCKER://kafka:29092"
     assert '"127.0.0.1:9092:9092"' in COMPOSE  # only the host listener is published, on loopback
     assert "# kafka-ui:" in COMPOSE and "KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS: kafka:29092" in COMPOSE
+
+
+def test_schema_registry_service_matches_the_local_one():
+    """The compose registry is the one local_registry builds (same version), published on loopback 8081."""
+    service = COMPOSE.split("\n  schema-registry:\n", 1)[1].split("\n\n", 1)[0]
+    version = re.search(r"<apicurio.version>([^<]+)<", (ROOT / "registry" / "pom.xml").read_text()).group(1)
+    assert f"image: apicurio/apicurio-registry-mem:{version}" in service
+    assert '"127.0.0.1:8081:8080"' in service
+    assert local_registry.DEFAULT_PORT == 8081

@@ -145,9 +145,10 @@ def test_spring_style_message():
     assert letter == DeadLetter(
         error_reason="failed to deserialize: bad magic byte",
         error_type="org.springframework.kafka.support.serializer.DeserializationException",
-        error_stage="unknown", error_timestamp="", original_topic="payments", failed_by="payments-service",
+        error_stage="deserialize", error_timestamp="", original_topic="payments", failed_by="payments-service",
         original_partition=3, original_offset=123456789012, original_timestamp=1_714_564_800_000,
         original_key=b"key-1", original_value=b"\x00original", original_headers=[("traceparent", b"00-abc")],
+        stacktrace="at ...",
     )
 
 
@@ -167,7 +168,7 @@ def test_connect_style_message():
     letter = dead_letter_from_headers(b"{bad json", headers, None, "dlq-jdbc")
     assert letter.error_reason == "Converting byte[] to Kafka Connect data failed"
     assert letter.error_type == "org.apache.kafka.connect.errors.DataException"
-    assert letter.error_stage == "VALUE_CONVERTER"
+    assert letter.error_stage == "deserialize"  # Connect's converter stage, in our words
     assert letter.original_topic == "sensor-readings"
     assert letter.original_partition == 11 and letter.original_offset == 4242
     assert letter.original_timestamp is None

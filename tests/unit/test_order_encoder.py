@@ -58,3 +58,23 @@ def test_generated_order_ids_are_the_uuid_modules_version_4_ids():
         expected = str(uuid.UUID(int=random.Random(seed).getrandbits(128), version=4))
         assert generator.order_id() == expected
         assert uuid.UUID(expected).version == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=8192, max_value=2**62 - 1), st.lists(st.integers(0, 20_000), min_size=1, max_size=40))
+def test_timestamps_in_sequence_equal_fastavro_across_the_cached_tail(start, steps):
+    # The encoder caches the varint tail of created_at >> 13 (8 ms): consecutive orders, a few
+    # microseconds apart, cross that boundary often, and each one must still be fastavro's bytes.
+    codec = order_codec()
+    created_at = start
+    for step in steps:
+        created_at = min(created_at + step, 2**62 - 1)
+        order = {"order_id": "x", "product": "Toffee", "price": Decimal("1.00"), "created_at": created_at}
+        assert codec.encode(order) == REFERENCE.encode(order)
+
+
+def test_equal_prices_written_differently_share_one_encoding_as_in_fastavro():
+    codec = order_codec()
+    for price in ("12.3", "12.30", "12.3", "-0.5", "-0.50"):
+        order = {"order_id": "x", "product": "Toffee", "price": Decimal(price), "created_at": 1}
+        assert codec.encode(order) == REFERENCE.encode(order)

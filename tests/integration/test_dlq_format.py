@@ -1,0 +1,156 @@
+"""--dlq-format original against the real broker, and the DLQ tools on a DLQ that holds every kind of record:
+our envelope, our original format, Spring Kafka's and Kafka Connect's dead letters, and garbage."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from conftest import Pipeline, a_valid_order, encode_order, produce
+
+from orders_dlq.dead_letter import DeadLetter
+from orders_dlq.dlq import DeadLetterProducer
+from orders_dlq.settings import KafkaSettings
+from orders_dlq.spool import Spool
+
+pytestmark = pytest.mark.integration
+
+POISON = b"\x00not an order\xff"
+
+
+def test_original_format_writes_the_original_bytes_with_spring_and_connect_headers(pipeline: Pipeline):
+    bad = encode_order(a_valid_order(product="Gravel"))
+    messages = [(b"good", encode_order(a_valid_order("2.50")), None),
+                (b"bad", bad, [("traceparent", b"00-abc-01")]),
+                (b"poison", POISON, None)]
+    offsets = produce(pipeline.bootstrap, pipeline.topic, messages)
+    originals = {m.offset(): m for m in pipeline.read(pipeline.topic)}
+
+    summary = pipeline.consume("--dlq-format", "original")
+
+    assert (summary["processed"], summary["dead_lettered"]) == (1, 2)
+    # A plain confluent_kafka consumer, as any non-toolkit reader: the value is the original record.
+    letters = {message.key(): message for message in pipeline.read(pipeline.dlq_topic)}
+    assert set(letters) == {b"bad", b"poison"}
+    for key, offset, stage in ((b"bad", offsets[1], b"validate"), (b"poison", offsets[2], b"deserialize")):
+        letter, original = letters[key], originals[offset]
+        assert letter.value() == original.value()
+        headers = dict(letter.headers())
+        assert headers["kafka_dlt-original-topic"] == pipeline.topic.encode()
+        assert headers["kafka_dlt-original-partition"] == struct.pack(">i", 0)
+        assert headers["kafka_dlt-original-offset"] == struct.pack(">q", offset)
+        assert headers["kafka_dlt-original-timestamp"] == struct.pack(">q", original.timestamp()[1])
+        assert headers["kafka_dlt-original-timestamp-type"] == b"CreateTime"
+        assert headers["kafka_dlt-original-consumer-group"] == pipeline.group.encode()
+        assert headers["kafka_dlt-exception-stacktrace"] == headers["__connect.errors.exception.stacktrace"]
+        assert headers["kafka_dlt-exception-message"] == headers["__connect.errors.exception.message"]
+        assert headers["__connect.errors.topic"] == pipeline.topic.encode()
+        assert headers["__connect.errors.partition"] == b"0"
+        assert headers["__connect.errors.offset"] == str(offset).encode()
+        assert headers["__connect.errors.stage"] == headers["dlq.error.stage"] == stage
+        assert headers["__connect.errors.connector.name"] == pipeline.group.encode()
+        assert headers["__connect.errors.task.id"]  # the consumer instance, host:pid
+        assert headers["dlq.format"] == b"original"
+    assert dict(letters[b"bad"].headers())["kafka_dlt-exception-message"].startswith(b"unknown product")
+    assert letters[b"bad"].headers()[0] == ("traceparent", b"00-abc-01")  # the original headers come first
+
+
+def spring_dead_letter(topic: str, order: dict) -> tuple:
+    """What Spring Kafka's DeadLetterPublishingRecoverer writes for a listener failure."""
+    return (b"spring", encode_order(order), [
+        ("kafka_dlt-original-topic", topic.encode()),
+        ("kafka_dlt-original-partition", struct.pack(">i", 1)),
+        ("kafka_dlt-original-offset", struct.pack(">q", 42)),
+        ("kafka_dlt-original-timestamp", struct.pack(">q", 1_764_385_200_000)),
+        ("kafka_dlt-original-timestamp-type", b"CreateTime"),
+        ("kafka_dlt-original-consumer-group", b"spring-orders"),
+        ("kafka_dlt-exception-fqcn", b"org.springframework.kafka.listener.ListenerExecutionFailedException"),
+        ("kafka_dlt-exception-cause-fqcn", b"java.lang.IllegalStateException"),
+        ("kafka_dlt-exception-message", b"Listener method threw exception; payment service down"),
+        ("kafka_dlt-exception-stacktrace", b"org.springframework...ListenerExecutionFailedException\n\tat ..."),
+    ])
+
+
+def connect_dead_letter(topic: str, order: dict) -> tuple:
+    """What a Kafka Connect sink writes with errors.deadletterqueue.context.headers.enable=true."""
+    return (b"connect", encode_order(order), [
+        ("__connect.errors.topic", topic.encode()),
+        ("__connect.errors.partition", b"2"),
+        ("__connect.errors.offset", b"77"),
+        ("__connect.errors.connector.name", b"orders-jdbc-sink"),
+        ("__connect.errors.task.id", b"0"),
+        ("__connect.errors.stage", b"VALUE_CONVERTER"),
+        ("__connect.errors.class.name", b"io.confluent.connect.avro.AvroConverter"),
+        ("__connect.errors.exception.class.name", b"org.apache.kafka.connect.errors.DataException"),
+        ("__connect.errors.exception.message", b"Failed to deserialize data for topic orders to Avro"),
+        ("__connect.errors.exception.stacktrace", b"org.apache.kafka.connect.errors.DataException: ...\n\tat ..."),
+    ])
+
+
+def test_dlq_tools_read_and_replay_every_kind_of_dead_letter(pipeline: Pipeline):
+    envelope_order, original_order = a_valid_order(product="Gravel"), a_valid_order(product="Granite")
+    spring_order, connect_order = a_valid_order("4.00", "Fudge"), a_valid_order("6.00", "Nougat")
+    produce(pipeline.bootstrap, pipeline.topic, [(b"envelope", encode_order(envelope_order), None)])
+    pipeline.consume()  # the default: an envelope
+    produce(pipeline.bootstrap, pipeline.topic, [(b"original", encode_order(original_order), None)])
+    pipeline.consume("--dlq-format", "original")
+    foreign = [spring_dead_letter(pipeline.topic, spring_order), connect_dead_letter(pipeline.topic, connect_order),
+               (b"garbage", b"\x13\x37 random bytes", None), (b"tombstone", None, None)]
+    produce(pipeline.bootstrap, pipeline.dlq_topic, foreign)
+
+    listed = pipeline.scripts.run("dlq_consumer.py", "--jsonl")
+    letters = {letter["order_id"]: letter for letter in map(json.loads, listed.stdout.splitlines())}
+
+    assert set(letters) == {o["order_id"] for o in (envelope_order, original_order, spring_order, connect_order)}
+    assert {letter["original_topic"] for letter in letters.values()} == {pipeline.topic}
+    assert {o: v["error_stage"] for o, v in letters.items()} == {
+        envelope_order["order_id"]: "validate", original_order["order_id"]: "validate",
+        spring_order["order_id"]: "process", connect_order["order_id"]: "deserialize"}
+    assert letters[original_order["order_id"]]["error_reason"].startswith("unknown product")
+    assert (letters[original_order["order_id"]]["product"], letters[connect_order["order_id"]]["price"]) == \
+        ("Granite", "6.00")
+    spring = letters[spring_order["order_id"]]
+    assert (spring["original_partition"], spring["original_offset"], spring["failed_by"]) == (1, 42, "spring-orders")
+    connect = letters[connect_order["order_id"]]
+    assert (connect["original_partition"], connect["original_offset"], connect["failed_by"]) == \
+        (2, 77, "orders-jdbc-sink")
+    assert "2 message(s)" in listed.stderr and "could not be read as dead letters" in listed.stderr
+    stats = pipeline.scripts.json("dlq_consumer.py")
+    assert stats["total"] == 4 and stats["by_stage"] == {"validate": 2, "process": 1, "deserialize": 1}
+
+    result = pipeline.scripts.json("dlq_replay.py")
+
+    assert (result["selected"], result["replayed"], result["unreadable"]) == (4, 4, 2)
+    replayed = {m.key(): m for m in pipeline.read(pipeline.topic) if "dlq.replay.count" in dict(m.headers() or [])}
+    expected = {b"envelope": envelope_order, b"original": original_order, b"spring": spring_order,
+                b"connect": connect_order}
+    assert {key: m.value() for key, m in replayed.items()} == {key: encode_order(o) for key, o in expected.items()}
+    assert (replayed[b"spring"].partition(), replayed[b"connect"].partition()) == (1, 2)
+    again = pipeline.scripts.json("dlq_replay.py")
+    assert again["replayed"] == 0  # exactly once: the cursor is past them
+
+
+def test_a_spooled_produce_failure_is_drained_in_the_configured_format(pipeline: Pipeline):
+    """producer.py spools an order it could not deliver; a drain configured for the original format
+    writes the encoded order itself, whatever format the row was spooled in."""
+    order = encode_order(a_valid_order("9.99", "Caramel"))
+    letter = DeadLetter(error_reason="Kafka broker unavailable: not confirmed within the 1s delivery budget",
+                        error_type="KafkaError._MSG_TIMED_OUT", error_stage="produce", original_topic=pipeline.topic,
+                        failed_by="producer.py@host:1", retry_count=1, original_key=b"k-9", original_value=order)
+    spool_path = pipeline.scripts.cwd / "spool.sqlite3"
+    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)  # envelope
+    spooling = DeadLetterProducer(settings, spool=Spool(spool_path))
+    spooling._max_bytes = 1_000_000  # the spool is written without asking the broker, as in an outage
+    assert spooling.spool_all([letter]) == 1
+
+    drained = pipeline.scripts.json("dlq_producer.py", "--flush-spool", "--spool", spool_path,
+                                    "--dlq-format", "original")
+
+    assert (drained["sent"], drained["remaining"]) == (1, 0)
+    [message] = pipeline.read(pipeline.dlq_topic)
+    headers = dict(message.headers())
+    assert (message.key(), message.value()) == (b"k-9", order)
+    assert (headers["dlq.format"], headers["__connect.errors.stage"]) == (b"original", b"produce")
+    assert "kafka_dlt-original-partition" not in headers  # a produce failure never had a partition
+    assert "dlq.spool.id" in headers  # what makes a drain exactly-once
