@@ -24,6 +24,7 @@ from orders_dlq.errors import EXIT_OK, ToolFailure
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.logs import log
 from orders_dlq.marks import marks_topic
+from orders_dlq.registry import add_registry_argument, registry_settings
 from orders_dlq.replay import DEFAULT_MAX_REPLAYS
 from orders_dlq.runtime import StopFlag
 from orders_dlq.settings import kafka_settings, positive, setting
@@ -57,6 +58,7 @@ def build_parser():
                              "(env CONSUMER_GROUP, default order-aggregation-consumers)")
     parser.add_argument("--spool", help="spool file whose waiting dead letters the overview shows "
                                         "(env DLQ_SPOOL, default dlq-spool.sqlite3)")
+    add_registry_argument(parser, shows_orders=True)
     parser.add_argument("--max-replays", type=positive(int),
                         help="loop guard of replays (env REPLAY_MAX_REPLAYS, "
                              f"default {DEFAULT_MAX_REPLAYS}), as in dlq_replay.py")
@@ -91,6 +93,7 @@ def main(argv=None) -> int:
         consumer_group=setting(args, "group", "CONSUMER_GROUP", "order-aggregation-consumers"),
         spool_path=setting(args, "spool", "DLQ_SPOOL", "dlq-spool.sqlite3"),
         max_replays=setting(args, "max_replays", "REPLAY_MAX_REPLAYS", DEFAULT_MAX_REPLAYS, positive(int)),
+        registry=registry_settings(args),
     )
     admin = require_cluster(settings)
     require_topics(admin, [settings.dlq_topic])

@@ -42,6 +42,13 @@ from orders_dlq.errors import ToolFailure, UsageError
 from orders_dlq.fixes import export_record
 from orders_dlq.kafka import reader_config
 from orders_dlq.marks import DISCARDED, OPEN, RESOLVED, STATUSES, mark_key
+from orders_dlq.registry import (
+    OriginalOrders,
+    Registry,
+    RegistryOrderCodec,
+    RegistrySettings,
+    ShowingOriginalOrders,
+)
 from orders_dlq.selection import Selection, UnreadableRecord, parse_header, parse_time, read_dead_letter
 from orders_dlq.settings import KafkaSettings
 
@@ -60,6 +67,7 @@ class ConsoleConfig:
     consumer_group: str = "order-aggregation-consumers"
     spool_path: str = "dlq-spool.sqlite3"
     max_replays: int = 3
+    registry: RegistrySettings | None = None  # to show orders inside registry-framed dead letters
 
 
 class Console:
@@ -73,6 +81,13 @@ class Console:
         self.index = DlqIndex(self.settings, self.marks)
         self.reader = DlqReader(self.settings, self.marks)
         self.actions = Actions(self.settings, config.max_replays)
+        # Dead letters in either framing, and the order inside their original bytes, as dlq_consumer.py
+        # shows them; a registry that is down is not waited for (wait_seconds=0).
+        framed = None if config.registry is None else RegistryOrderCodec(Registry(config.registry),
+                                                                         self.settings.topic, wait_seconds=0)
+        self.reader.originals = OriginalOrders(framed)
+        self.reader.codec = ShowingOriginalOrders(self.reader.codec, self.reader.originals)
+        self.index.codec = ShowingOriginalOrders(self.index.codec, self.reader.originals)
         self._lag_cache: tuple[float, dict] | None = None
         self._spool_cache: tuple[float, dict] | None = None
 

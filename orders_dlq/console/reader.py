@@ -37,6 +37,7 @@ from orders_dlq.dead_letter import (
 from orders_dlq.kafka import reader_config
 from orders_dlq.logs import log
 from orders_dlq.marks import MARKED, OPEN, Mark, mark_key, marks_topic
+from orders_dlq.registry import OriginalOrders
 from orders_dlq.selection import DlqRecord, Selection, UnreadableRecord, read_dead_letter
 from orders_dlq.settings import KafkaSettings
 
@@ -171,6 +172,7 @@ class DlqReader:
         self.marks = marks
         self.codec = DeadLetterCodec(dead_letter_codec())
         self.orders = order_codec()
+        self.originals = OriginalOrders()  # either framing; the console gives it the registry when it has one
         self.consumer = Consumer(small_reader_config(settings))
         self.lock = threading.Lock()
 
@@ -327,7 +329,7 @@ class DlqReader:
         mark = self.marks.get(mark_key(letter, self.topic, message.partition(), message.offset()))
         detail["mark"] = None if mark is None else vars(mark)
         try:
-            order = self.orders.decode(letter.original_value)
+            order = self.originals.read(letter.original_value) or self.orders.decode(letter.original_value)
             detail["order"] = {name: value if isinstance(value, (str, int, float, type(None))) else str(value)
                                for name, value in order.items()}
         except DecodeError as exc:
