@@ -125,3 +125,21 @@ def test_find_by_order_id_and_export_in_the_cli_format(pipeline: Pipeline):
         assert "would replay 5" in result.stdout
     finally:
         console.stop()
+
+
+def test_a_registry_framed_original_is_shown_as_its_order(pipeline: Pipeline):
+    letter = our_dead_letter(pipeline.topic, 0, 3, "not a valid Avro order record: framed", "Toffee")
+    order_id = letter.order_id
+    letter.error_stage, letter.order_id, letter.product, letter.price = "deserialize", None, None, None
+    letter.original_value = b"\x00" + (7).to_bytes(4, "big") + letter.original_value  # Confluent wire format
+    write_dlq(pipeline.bootstrap, pipeline.dlq_topic, [encoded(letter, 0)])
+    console = start_console(pipeline.scripts)
+    try:
+        status, detail = console.request("/api/letter/0/0")
+        assert status == 200, detail
+        assert detail["order"]["order_id"] == order_id and detail["order"]["product"] == "Toffee"
+        assert detail["hex"][0].startswith("00000000  00 00 00 00 07")
+        status, page = console.request("/api/list")
+        assert [row["order_id"] for row in page["rows"]] == [order_id]
+    finally:
+        console.stop()
