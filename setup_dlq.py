@@ -2,10 +2,10 @@
 """Show the topics the pipeline needs, create the missing ones; change existing ones only with --apply.
 
 Manages the orders topic, its dead letter queue (7-day retention), the aggregate changelog
-(compacted, co-partitioned with the orders topic) and the DLQ's replay ledger `<dlq>.status`
-(compacted, 1 partition). It prints what exists, what it creates and what differs. Existing
-settings change only with --apply, and never to something weaker (fewer in-sync replicas, shorter
-retention, smaller messages, another cleanup policy) without --force as well.
+(compacted, co-partitioned with the orders topic) and the marks of the dead letters `<dlq>.status`
+(replayed, resolved, discarded; compacted, 1 partition). It prints what exists, what it creates
+and what differs. Existing settings change only with --apply, and never to something weaker (fewer
+in-sync replicas, shorter retention, smaller messages, another cleanup policy) without --force as well.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from orders_dlq import cli
 from orders_dlq.errors import EXIT_OK, ToolFailure, UsageError
 from orders_dlq.kafka import DEAD_LETTER_MAX_BYTES, require_cluster
+from orders_dlq.marks import marks_topic
 from orders_dlq.registry import (
     Registry,
     add_compatibility_argument,
@@ -34,7 +35,6 @@ from orders_dlq.registry import (
     set_up_compatibility,
     value_subject,
 )
-from orders_dlq.replay import status_topic
 from orders_dlq.settings import kafka_settings, positive, setting, state_topic_setting
 
 DAY_MS = 24 * 3600 * 1000
@@ -84,10 +84,11 @@ def wanted_topics(settings, state_topic: str, partitions: int, dlq_partitions: i
         # Compaction keeps the latest state per (group, topic, partition) key.
         Wanted(state_topic, partitions, {**durability, "cleanup.policy": "compact", "segment.ms": str(3600 * 1000),
                                          "min.cleanable.dirty.ratio": "0.1"}),
-        # The replay ledger: one compacted partition, the latest outcome per dead letter.
-        # The replay ledger: one record per dead letter ever replayed, so no selection, group or
-        # --from-beginning can send it twice. Compacted: the latest record per dead letter, for good.
-        Wanted(status_topic(settings.dlq_topic), 1, {**durability, "cleanup.policy": "compact"}),
+        # The marks of the dead letters (replayed, resolved, discarded): one record per dead letter
+        # ever marked, so no selection, group or --from-beginning replays it twice, and every tool
+        # counts the same ones as open. Compacted: the latest mark per dead letter, kept for good.
+        # One partition: the marks are small, and every reader reads them all anyway.
+        Wanted(marks_topic(settings.dlq_topic), 1, {**durability, "cleanup.policy": "compact"}),
     ]
 
 

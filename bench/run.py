@@ -52,7 +52,7 @@ CASES = (
     "consumer_at_least_once_poison_1pct", "consumer_exactly_once_poison_1pct",
     "limit_dead_letter_forward", "dead_letter_at_least_once", "dead_letter_exactly_once",
     "latency_exactly_once", "latency_at_least_once",
-    "memory_1m", "restore", "rebalance_join",
+    "memory_1m", "restore", "rebalance_join", "console",
 )
 # How instances of one group share partitions in the rebalance case: the consumer's default, the
 # eager protocol it replaced (every member gives up everything at each join), and KIP-848.
@@ -432,6 +432,7 @@ class Bench:
         else:
             self.results["memory_1m"]["skipped"] = "run with --full"
 
+        self.guarded("console", console_case, self, a.console_count)
         # --tiny: the default protocol once, on a short timeline (the smoke test's budget).
         for protocol in list(REBALANCE_PROTOCOLS)[:1] if a.tiny else REBALANCE_PROTOCOLS:
             for r in range(max(1, min(repeat, 3))):
@@ -443,6 +444,87 @@ class Bench:
         for partitions in (6, 24):
             self.log(f"restore: {partitions} partitions x {commits:,} commits, then one partition restored")
             self.guarded("restore", restore_case, self, partitions, commits)
+
+
+# -- console: dlq_console.py over a large DLQ ------------------------------------------------------
+
+CONSOLE_URL = re.compile(r"(http://127\.0\.0\.1:\d+)/\?token=(\S+)")
+
+
+def fill_dead_letters(bootstrap: str, dlq_topic: str, count: int) -> None:
+    """`count` of our Avro dead letters (16 reasons in turn), written as fast as the producer goes."""
+    from confluent_kafka import Producer
+
+    from orders_dlq.codec import dead_letter_codec
+    from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec
+
+    codec = DeadLetterCodec(dead_letter_codec())
+    variants = []
+    for number in range(16):
+        letter = DeadLetter(error_reason=f"bench reason {number}: x", error_type="ValueError",
+                            error_stage="validate", original_topic=dlq_topic.removesuffix(".DLQ"), failed_by="bench",
+                            original_partition=0, original_offset=number, original_key=b"k",
+                            original_value=b"\x00" * 40)
+        variants.append((codec.encode(letter), letter.headers()))
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
+                         "compression.type": "lz4"})
+    for index in range(count):
+        value, headers = variants[index % 16]
+        while True:
+            try:
+                producer.produce(dlq_topic, value=value, key=b"k%d" % index, headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    if producer.flush(300):
+        raise BenchError("the console case's DLQ could not be filled")
+
+
+def console_get(base: str, token: str, path: str) -> tuple[float, dict]:
+    import urllib.request
+    request = urllib.request.Request(base + path, headers={"Cookie": f"dlq_console_token={token}"})
+    began = time.monotonic()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        data = json.loads(response.read())
+    return time.monotonic() - began, data
+
+
+def console_case(bench: Bench, count: int) -> dict:
+    """dlq_console.py over a DLQ of `count` dead letters: the first page, a page from the middle
+    (a seek), the time its background index takes to read everything, and its peak RSS meanwhile."""
+    topic = bench.new_topic("console")
+    bench.log(f"console: filling {topic}.DLQ with {count:,} dead letters")
+    fill_dead_letters(bench.bootstrap, f"{topic}.DLQ", count)
+    job = bench.scripts.start([script("dlq_console.py"), "-t", topic, "--port", "0", "--duration", "1800"])
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := CONSOLE_URL.search(os.pread(job["out"].fileno(), 4096, 0).decode(errors="replace"))):
+            if job["proc"].poll() is not None or time.monotonic() > deadline:
+                raise BenchError("dlq_console.py printed no address")
+            time.sleep(0.05)
+        started = time.monotonic()
+        base, token = found.group(1), found.group(2)
+        first_page, page = console_get(base, token, "/api/list?status=all")
+        if len(page["rows"]) != min(50, count):
+            raise BenchError(f"the console's first page has {len(page['rows'])} rows")
+        middle_page, page = console_get(base, token, f"/api/list?status=all&partition=0&offset="
+                                                     f"{count // bench.args.partitions // 2}")
+        while True:
+            _, overview = console_get(base, token, "/api/overview")
+            if overview["indexing"]["done"] and overview["total"] >= count:
+                break
+            if time.monotonic() - started > 1500:
+                raise BenchError(f"the console indexed {overview['total']} of {count} in 1500 s")
+            time.sleep(1)
+        indexed = time.monotonic() - started
+    finally:
+        job["proc"].terminate()
+        proc = bench.scripts.finish(job)
+    run = {"count": count, "first_page_s": first_page, "middle_page_s": middle_page, "index_s": indexed,
+           "maxrss_mb": proc["maxrss_mb"]}
+    bench.record("console", run)
+    return run
 
 
 # -- restore: what an assignment costs with hours of uncompacted commits ---------------------------
@@ -605,7 +687,7 @@ def summarize(results: dict, args) -> list[dict]:
         case["median"] = {key: median(runs, key) for key in
                           ("rate", "rate_whole", "rate_wall", "seconds", "drain_s", "maxrss_mb", "p50_ms", "p99_ms",
                            "visible_p50_ms", "visible_p99_ms", "visible_all_p50_ms", "visible_all_p99_ms",
-                           "hook_p50_ms", "hook_p99_ms",
+                           "hook_p50_ms", "hook_p99_ms", "first_page_s", "middle_page_s", "index_s",
                            "changelog_stamp_p50_ms", "changelog_stamp_p99_ms")
                           if median(runs, key) is not None}
         rates = [r["rate"] for r in runs if r.get("rate") is not None]
@@ -643,6 +725,12 @@ def summarize(results: dict, args) -> list[dict]:
         status = "n/a" if value is None else ("PASS" if ok(value) else "MISS")
         targets.append({"target": name, "value": value, "goal": goal, "status": status, "note": note})
 
+    console = results["console"]["median"]
+    console_size = f"{results['console']['runs'][0]['count']:,}" if results["console"]["runs"] else "?"
+    target(f"dlq_console.py first page, DLQ of {console_size} dead letters, s", console.get("first_page_s"), "<= 2",
+           lambda v: v <= 2)
+    target(f"dlq_console.py peak RSS, DLQ of {console_size} dead letters, MB", console.get("maxrss_mb"), "<= 300",
+           lambda v: v <= 300)
     target("producer.py / raw produce limit", ratio("producer", "limit_produce"), ">= 0.5", lambda v: v >= 0.5)
     target("producer.py / original design", ratio("producer", "original_design"), ">= 25", lambda v: v >= 25)
     target("consumer at-least-once 0% / raw consume-decode-sum", ratio("consumer_at_least_once", "limit_consume"),
@@ -659,7 +747,8 @@ def summarize(results: dict, args) -> list[dict]:
         target(f"e2e latency p99 at {args.latency_rate:g}/s ({guarantee.replace('_', '-')}), ms",
                results[f"latency_{guarantee}"]["median"].get("p99_ms"), "<= 50", lambda v: v <= 50, source)
     scripts_rss = [(name, run["maxrss_mb"]) for name in results if not name.startswith("limit")
-                   and name != "original_design" for run in results[name]["runs"] if "maxrss_mb" in run]
+                   and name not in ("original_design", "console")  # the console has a target of its own
+                   for run in results[name]["runs"] if "maxrss_mb" in run]
     scripts_rss += [("memory_1m producer", results["memory_1m"]["producer"]["maxrss_mb"])] \
         if "producer" in results["memory_1m"] else []
     scripts_rss += [("latency producer", run["producer_maxrss_mb"]) for g in ("exactly_once", "at_least_once")
@@ -707,7 +796,7 @@ def table(report: dict) -> str:
     }
     for name in CASES:
         case = results[name]
-        if name.startswith("latency") or name in ("memory_1m", "restore", "rebalance_join"):
+        if name.startswith("latency") or name in ("memory_1m", "restore", "rebalance_join", "console"):
             continue
         if case.get("skipped"):
             lines.append(f"{name:<36} skipped: {case['skipped']}")
@@ -738,6 +827,10 @@ def table(report: dict) -> str:
         parts = [f"producer.py {memory['producer']['maxrss_mb']:.1f} MB"]
         parts += [f"consumer {run.get('guarantee', '?')} {run['maxrss_mb']:.1f} MB" for run in memory["runs"]]
         lines.append("memory_1m (1,000,000 orders): " + ", ".join(parts))
+    for run in results["console"]["runs"]:
+        lines.append(f"console ({run['count']:,} dead letters): first page {run['first_page_s']:.2f} s, a page from "
+                     f"the middle {run['middle_page_s']:.2f} s, whole DLQ indexed in {run['index_s']:.1f} s, "
+                     f"peak RSS {run['maxrss_mb']:.1f} MB")
     for run in results["restore"]["runs"]:
         lines.append(f"restore of 1 assigned partition, {run['partitions']} partitions x "
                      f"{run['commits_per_partition']:,} commits ({run['records']:,} records): co-partitioned "
@@ -792,6 +885,10 @@ def parse_args(argv=None):
     parser.add_argument("--json-out", type=Path, default=BENCH / "results.json", help="default bench/results.json")
     parser.add_argument("--restore-hours", type=float, default=1.0,
                         help="hours of commits (10/s per partition) in the restore case's changelog (default 1)")
+    parser.add_argument("--console-count", type=int, default=1_000_000,
+                        help="dead letters in the DLQ of the dlq_console.py case (default 1000000)")
+    parser.add_argument("--only", choices=["console"],
+                        help="run only this case (no warm-up), e.g. --only console --console-count 100000")
     parser.add_argument("--no-registry", action="store_true",
                         help="skip the registry-mode cases (else SCHEMA_REGISTRY_URL, or a local registry it starts)")
     parser.add_argument("--list", action="store_true", help="print the names of the cases, one a line, and exit")
@@ -800,6 +897,7 @@ def parse_args(argv=None):
         args.count, args.repeat, args.original_count = 2000, 1, 200
         args.latency_seconds, args.idle_timeout, args.full, args.warmup = 0.4, 1.0, False, 0
         args.restore_hours = 0.01
+        args.console_count = 2000
     args.dlq_count = args.dlq_count or max(1, args.count // 4)
     return args
 
@@ -847,7 +945,10 @@ def main(argv=None) -> int:
             bench = Bench(args, bootstrap, Path(workdir), url, registry_missing)
             began = time.monotonic()
             try:
-                bench.run()
+                if args.only == "console":
+                    bench.guarded("console", console_case, bench, args.console_count)
+                else:
+                    bench.run()
             except BenchError as exc:
                 print(f"[bench] stopped early: {exc}", file=sys.stderr)
             report = {

@@ -82,8 +82,12 @@ ORDER_LATENCY = Histogram(PREFIX + "order_latency_seconds", "Seconds from an ord
                           registry=None)
 # A gauge, not a counter: the monitor reads the whole DLQ at every start, and a counter would
 # count that backlog again each time (rate() would see it as new dead letters).
-MONITOR_SEEN = Gauge(PREFIX + "monitor_dead_letters", "Dead letters in the DLQ, by stage and reason category",
+MONITOR_SEEN = Gauge(PREFIX + "monitor_dead_letters",
+                     "Dead letters in the DLQ of the monitor's --status (default: open), by stage and reason category",
                      ["stage", "reason"], registry=None)
+# Every dead letter the monitor's other criteria select, by its mark: open, replayed, resolved, discarded.
+MONITOR_BY_STATUS = Gauge(PREFIX + "monitor_dead_letters_by_status", "Dead letters in the DLQ, by status",
+                          ["status"], registry=None)
 
 
 class MonitorGauges(Collector):
@@ -120,7 +124,7 @@ MONITOR_GAUGES = MonitorGauges()
 
 PRODUCER = (ORDERS_PRODUCED, ORDERS_SENT, DEAD_LETTERS, SPOOL_SIZE)
 CONSUMER = (ORDERS_PROCESSED, DEAD_LETTERS, CONSUMER_LAG, SPOOL_SIZE, ORDER_LATENCY)
-MONITOR = (MONITOR_SEEN, MONITOR_GAUGES)
+MONITOR = (MONITOR_SEEN, MONITOR_BY_STATUS, MONITOR_GAUGES)
 
 _reasons: set[str] = set()
 _serving = False  # set by serve(): counting is skipped in a process that exposes no metrics

@@ -29,19 +29,21 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from orders_dlq import metrics
+from orders_dlq import metrics, reading
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec, reason_category
 from orders_dlq.errors import EXIT_OK, ToolFailure
-from orders_dlq.kafka import read_to_end, reader_config
+from orders_dlq.kafka import reader_config
 from orders_dlq.logs import log
-from orders_dlq.runtime import StopFlag
-from orders_dlq.selection import DlqRecord, Selection, UnreadableRecord, read_dead_letter
+from orders_dlq.marks import MARKED, OPEN, STATUSES, Mark, mark_key, read_marks
+from orders_dlq.runtime import Progress, StopFlag
+from orders_dlq.selection import ALL, DlqRecord, Selection, UnreadableRecord, read_dead_letter, status_of_record
 from orders_dlq.settings import KafkaSettings
 
 EXIT_ALERT = 3
@@ -325,6 +327,42 @@ def topic_count(consumer, topic: str, timeout: float = 5.0) -> TopicCount | None
     return count
 
 
+# -- where a read starts -------------------------------------------------------------------------
+
+def start_positions(consumer, topic: str, selection: Selection) -> tuple[dict[int, int], dict[int, int]]:
+    """Where a read of the DLQ starts and ends in each partition, for a selection.
+
+    It starts at the latest of: the partition's beginning, the selection's --from-offset for it,
+    and the first record written at or after --from-time (the broker's time index). It ends at
+    --to-offset, or at the end right now.
+    """
+    partitions = [p for p in reading.partitions_of(consumer, topic) if selection.in_partitions(p)]
+    bounds = reading.watermarks(consumer, topic, partitions)
+    by_time = reading.offsets_at(consumer, topic, partitions, selection.from_time) if selection.from_time else {}
+    starts, ends = {}, {}
+    for partition, (low, high) in bounds.items():
+        start = max(low, selection._bound(selection.from_offsets, partition) or 0)
+        if selection.from_time:
+            found = by_time.get(partition)
+            start = max(start, high if found is None else found)
+        last = selection._bound(selection.to_offsets, partition)
+        end = high if last is None else min(high, last + 1)  # --to-offset: no need to read beyond it
+        starts[partition], ends[partition] = min(start, end), end
+    return starts, ends
+
+
+def marks_for(settings: KafkaSettings, selection: Selection) -> dict[bytes, Mark] | None:
+    """The marks of the DLQ's dead letters; None (statuses unknown) only when --status all asks for
+    no status and the marks topic does not exist, which a DLQ set up before the marks existed lacks."""
+    try:
+        return read_marks(settings, settings.dlq_topic)
+    except ToolFailure as exc:
+        if selection.status != ALL or "does not exist" not in str(exc):
+            raise
+        log.warning("%s: statuses are not shown", exc)
+        return None
+
+
 # -- the reading loop of dlq_consumer.py -----------------------------------------------------------
 
 def as_json(found: DlqRecord) -> dict:
@@ -343,6 +381,10 @@ def as_json(found: DlqRecord) -> dict:
 def stats_text(summary: dict) -> str:
     """The statistics as text: totals, then counts by stage, reason, topic, product, retries."""
     lines = [f"dead letters: {summary['total']}"]
+    by_status = summary.get("by_status")
+    if by_status:
+        lines.append(f"status: {summary.get('status', ALL)} shown; all by status: "
+                     + "  ".join(f"{name} {by_status.get(name, 0)}" for name in STATUSES))
     if summary["total"]:
         lines.append(f"first {summary['first_error']}  last {summary['last_error']}")
     for title in ("by_stage", "by_reason", "by_original_topic", "by_product", "retry_counts"):
@@ -353,20 +395,32 @@ def stats_text(summary: dict) -> str:
 
 
 class DlqMonitor:
-    """One run of dlq_consumer.py: reads the DLQ, selects, counts and prints."""
+    """One run of dlq_consumer.py: reads the DLQ, selects, counts and prints.
 
-    def __init__(self, args, settings: KafkaSettings, partitions: int, stop: StopFlag, selection: Selection):
+    Counts and shows the dead letters of the selection's status (open by default); `by_status`
+    counts every dead letter the other criteria select, by its mark, to show beside them.
+    `on_record(record, status)` (the export) gets each dead letter shown.
+    """
+
+    def __init__(self, args, settings: KafkaSettings, partitions: int, stop: StopFlag, selection: Selection,
+                 marks: dict[bytes, Mark] | None = None,
+                 on_record: Callable[[DlqRecord, str], None] | None = None):
         self.args = args
         self.settings = settings
         self.stop = stop
         self.codec = DeadLetterCodec(dead_letter_codec())
         self.selection = selection
+        self.marks = marks
+        self.on_record = on_record
+        self.by_status: Counter = Counter()
         self.monitor = Monitor(settings.topic, RATE_WINDOW)
         self.consumer = Consumer(reader_config(settings, f"dlq-monitor-{uuid.uuid4()}"))
         # Offsets are asked on a client of their own: on the reading one each request would wait
         # behind the fetch long-polls of the assigned partitions (up to fetch.wait.max.ms each).
         self.counter = Consumer(reader_config(settings, f"dlq-monitor-{uuid.uuid4()}"))
-        self.start = [TopicPartition(settings.dlq_topic, p, 0) for p in range(partitions)]
+        self.partitions = partitions
+        self.tail = getattr(args, "tail", None)
+        self.last: deque[tuple[DlqRecord, str]] | None = deque(maxlen=self.tail) if self.tail else None
         self.unreadable = 0
         # Redraw in place only on a terminal: never an escape sequence into a pipe or a file.
         self.terminal = args.follow and not (args.json or args.jsonl) and sys.stdout.isatty()
@@ -394,21 +448,41 @@ class DlqMonitor:
                     message.offset(), reason[:300])
         return False
 
+    def _status(self, record: DlqRecord) -> str | None:
+        return None if self.marks is None else status_of_record(record, self.marks)
+
     def _handle(self, record: DlqRecord) -> bool:
-        if not self.selection.selects(record):
+        if not self.selection.matches(record.dead_letter, record.partition, record.offset, record.message_time_ms):
             return False
+        status = self._status(record)
+        if status is not None:
+            self.by_status[status] += 1
+        if self.selection.status != ALL and status != self.selection.status:
+            return False
+        if self.last is not None:
+            self.last.append((record, status))  # --tail: shown when the end is reached
+            return False
+        return self._show(record, status)
+
+    def _show(self, record: DlqRecord, status: str | None) -> bool:
         dead_letter, failed_at = record.dead_letter, record.failed_at
         where = f"[{record.partition}@{record.offset}]"
         line = describe(dead_letter, where, failed_at) if self.args.follow else ""
         self.monitor.add(dead_letter, failed_at, time.time(), line)
+        if self.on_record is not None:
+            self.on_record(record, status or OPEN)
         if self.args.jsonl:
-            print(json.dumps(as_json(record)), flush=True)
-        elif self.args.json or self.terminal:
+            print(json.dumps({**as_json(record), "status": status}), flush=True)
+        elif self.args.json or self.terminal or getattr(self.args, "export", None):
             pass
         elif self.args.follow:
             print(line, flush=True)
         else:
-            print(describe(dead_letter, where, failed_at, detailed=True))
+            text = describe(dead_letter, where, failed_at, detailed=True)
+            if status in MARKED:
+                mark = self.marks[mark_key(dead_letter, record.topic, record.partition, record.offset)]
+                text += f"\n    {mark.status} by {mark.by} at {mark.at}" + (f": {mark.note}" if mark.note else "")
+            print(text)
         return bool(self.args.limit and self.monitor.stats.total >= self.args.limit)
 
     def count_orders(self) -> None:
@@ -428,18 +502,34 @@ class DlqMonitor:
         self.count_error = None if self.monitor.orders is not None else missing
 
     def read_all(self) -> None:
-        for message in read_to_end(self.consumer, self.start, timeout=120):
-            if self.handle(message):
-                break
+        """Read from the selection's start to the DLQ's end as it is now; progress on a terminal.
+
+        --tail keeps only the last N selected in memory while it reads: records that are not dead
+        letters, or not selected, are no part of the N, so it cannot just seek N before the end."""
+        starts, ends = start_positions(self.consumer, self.settings.dlq_topic, self.selection)
+        progress = Progress(sum(ends[p] - starts[p] for p in starts), "reading the DLQ")
+        scanned = 0
+        try:
+            for message in reading.read_range(self.consumer, self.settings.dlq_topic, starts, ends,
+                                              stop=lambda: bool(self.stop)):
+                scanned += 1
+                progress.update(scanned)
+                if self.handle(message):
+                    break
+        finally:
+            progress.close()
+        for record, status in self.last or ():
+            self._show(record, status)
         self.count_orders()
 
     def follow(self) -> int:
         """Watch until a signal, --duration or --limit; returns EXIT_ALERT at the first alert."""
         args = self.args
-        self.consumer.assign(self.start)
+        starts, _ = start_positions(self.consumer, self.settings.dlq_topic, self.selection)
+        self.consumer.assign([TopicPartition(self.settings.dlq_topic, p, o) for p, o in starts.items()])
         started = time.monotonic()
         deadline = started + args.duration if args.duration else None
-        not_at_end = {tp.partition for tp in self.start}
+        not_at_end = set(starts)
         next_refresh = started + args.refresh
         while not self.stop:
             now = time.monotonic()
@@ -475,20 +565,37 @@ class DlqMonitor:
         """Count the orders, update the metrics, show the view; True when the alert fires."""
         self.count_orders()
         now = time.time()
-        self.monitor.publish_metrics(now)
+        self.publish_metrics(now)
         if self.terminal:
             size = shutil.get_terminal_size()
-            view = self.monitor.render(now, f"dead letters in {self.settings.dlq_topic}", size.columns, size.lines)
+            title = f"{self._shown()} dead letters in {self.settings.dlq_topic}{self._by_status_text()}"
+            view = self.monitor.render(now, title, size.columns, size.lines)
             sys.stdout.write(CLEAR_SCREEN + "\n".join(view) + "\n")
             sys.stdout.flush()
         elif self.args.json and not final:
             print(json.dumps(self.summary(now)), flush=True)
         elif not (self.args.json or self.args.jsonl):
-            print(self.monitor.status_line(now), flush=True)
+            print(self.monitor.status_line(now) + self._by_status_text(), flush=True)
         return self.alert()
 
+    def _shown(self) -> str:
+        return "all" if self.selection.status == ALL else self.selection.status
+
+    def _by_status_text(self) -> str:
+        """The counts of each status, shown beside those of the selected status."""
+        if self.marks is None:
+            return ""
+        return "  (" + ", ".join(f"{name} {self.by_status.get(name, 0)}" for name in STATUSES) + ")"
+
     def summary(self, now: float) -> dict:
-        return {**self.monitor.stats.summary(), **self.monitor.summary_extra(now)}
+        by_status = None if self.marks is None else {name: self.by_status.get(name, 0) for name in STATUSES}
+        return {**self.monitor.stats.summary(), **self.monitor.summary_extra(now),
+                "status": self.selection.status, "by_status": by_status}
+
+    def publish_metrics(self, now: float) -> None:
+        self.monitor.publish_metrics(now)
+        for name in STATUSES if self.marks is not None else ():
+            metrics.MONITOR_BY_STATUS.labels(name).set(self.by_status.get(name, 0))
 
     def report(self) -> None:
         """The final statistics (not on a terminal view, whose last frame stays on the screen)."""
@@ -498,7 +605,7 @@ class DlqMonitor:
         if self.args.json:
             print(json.dumps(self.summary(now)), flush=True)
         elif not self.args.jsonl:
-            print(stats_text(self.monitor.stats.summary()))
+            print(stats_text(self.summary(now)))
             print("\n".join(self.monitor.summary_lines(now)), flush=True)
 
     def alert(self) -> bool:

@@ -19,16 +19,14 @@ cannot be replayed (no original value), are passed over the same way and reporte
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from orders_dlq import transactions
+from orders_dlq import reading, transactions
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import (
     REPLAY_COUNT_HEADER,
@@ -37,9 +35,10 @@ from orders_dlq.dead_letter import (
     without_error_context,
 )
 from orders_dlq.errors import ToolFailure, UsageError
-from orders_dlq.kafka import admin_client, read_to_end, reader_config, reliable_producer_config
+from orders_dlq.kafka import admin_client, reader_config, reliable_producer_config
 from orders_dlq.logs import log
-from orders_dlq.monitor import describe
+from orders_dlq.marks import REPLAYED, Mark, mark_key, marks_topic, now_iso, read_marks, write_marks
+from orders_dlq.monitor import describe, start_positions
 from orders_dlq.runtime import Progress, StopFlag
 from orders_dlq.selection import Selection, UnreadableRecord, error_time, read_dead_letter
 from orders_dlq.settings import KafkaSettings
@@ -47,6 +46,7 @@ from orders_dlq.settings import KafkaSettings
 DEFAULT_MAX_REPLAYS = 3
 
 REPLAY, HELD, UNREPLAYABLE, ALREADY_REPLAYED = "replay", "held", "unreplayable", "already_replayed"
+ALREADY_HANDLED = "already_handled"  # resolved or discarded by an operator
 # A group coordinator that is moving or loading: the question is answered later, not never.
 COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                          KafkaError.COORDINATOR_NOT_AVAILABLE}
@@ -58,48 +58,6 @@ def replay_headers(dead_letter: DeadLetter) -> list[tuple[str, bytes | None]]:
     return [*without_error_context(dead_letter.original_headers), replayed]
 
 
-def status_topic(dlq_topic: str) -> str:
-    """The compacted ledger beside a DLQ: one record per dead letter replayed (created by setup_dlq.py)."""
-    return f"{dlq_topic}.status"
-
-
-def ledger_key(dead_letter: DeadLetter, dlq_topic: str, partition: int, offset: int) -> bytes:
-    """Who a dead letter is: its original message when known (so that copies of one dead letter
-    share a key), else its own place in the DLQ (a produce failure never had an offset)."""
-    if dead_letter.original_partition is not None and dead_letter.original_offset is not None:
-        return json.dumps(["original", dead_letter.original_topic, dead_letter.original_partition,
-                           dead_letter.original_offset]).encode()
-    return json.dumps(["dlq", dlq_topic, partition, offset]).encode()
-
-
-def read_ledger(settings: KafkaSettings, topic: str, timeout: float = 120.0) -> set[bytes]:
-    """The keys of every dead letter whose latest ledger record says `replayed`.
-
-    Records that are not ours (foreign bytes, tombstones) are passed over; a tombstone removes its key.
-    """
-    reader = Consumer(reader_config(settings, f"replay-ledger-{uuid.uuid4()}"))
-    try:
-        metadata = reader.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise ToolFailure(f"the replay ledger {topic} does not exist: run `python setup_dlq.py` first")
-        replayed: set[bytes] = set()
-        for message in read_to_end(reader, [TopicPartition(topic, p, 0) for p in metadata.partitions], timeout):
-            key = message.key()
-            if key is None:
-                continue
-            try:
-                status = json.loads(message.value())["status"] if message.value() is not None else None
-            except Exception:  # noqa: BLE001 - not a record of ours
-                continue
-            if status == "replayed":
-                replayed.add(key)
-            else:
-                replayed.discard(key)
-        return replayed
-    finally:
-        reader.close()
-
-
 @dataclass
 class ReplayOptions:
     selection: Selection
@@ -109,7 +67,7 @@ class ReplayOptions:
     rate: float | None = None           # messages per second
     limit: int | None = None            # selected dead letters
     dry_run: bool = False
-    force: bool = False                 # replay even what the ledger says was replayed already
+    force: bool = False                 # replay even what the marks say was replayed, resolved or discarded
     from_beginning: bool = False
     batch_size: int = 500
     commit_interval: float = 1.0
@@ -152,7 +110,8 @@ class ReplayResult:
     held: int = 0              # loop guard
     unreplayable: int = 0      # selected, but nothing to send (no original value)
     unreadable: int = 0        # not a dead letter at all
-    already_replayed: int = 0  # selected, but the ledger says it was replayed before (no --force)
+    already_replayed: int = 0  # selected, but the marks say it was replayed before (no --force)
+    already_handled: int = 0   # selected, but marked resolved or discarded (no --force)
     targets: dict[str, int] = field(default_factory=dict)
     held_at: list[str] = field(default_factory=list)
     unreplayable_at: list[str] = field(default_factory=list)
@@ -164,8 +123,8 @@ class ReplayResult:
     def to_json(self) -> dict:
         data = {name: getattr(self, name) for name in (
             "dry_run", "group", "dlq_topic", "scanned", "selected", "replayed", "would_replay", "skipped", "held",
-            "unreplayable", "unreadable", "already_replayed", "targets", "held_at", "unreplayable_at",
-            "reached_end", "stopped_by")}
+            "unreplayable", "unreadable", "already_replayed", "already_handled", "targets", "held_at",
+            "unreplayable_at", "reached_end", "stopped_by")}
         data["elapsed_seconds"] = round(self.elapsed_seconds, 3)
         if self.dry_run:
             data["listing"] = [decision.to_json() for decision in self.listing]
@@ -176,6 +135,7 @@ class ReplayResult:
         lines = [f"{'dry run: ' if self.dry_run else ''}scanned {self.scanned} message(s) of {self.dlq_topic} "
                  f"as group {self.group}: selected {self.selected}, {sent}, held {self.held} (loop guard), "
                  f"unreplayable {self.unreplayable}, already replayed {self.already_replayed}, "
+                 f"resolved or discarded {self.already_handled}, "
                  f"skipped {self.skipped} (not selected)"
                  + (f", unreadable {self.unreadable}" if self.unreadable else "")]
         lines += [f"  {count:>7}  -> {topic}" for topic, count in sorted(self.targets.items())]
@@ -214,9 +174,10 @@ class Replayer:
         self.batch_held: list[str] = []
         self.batch_unreplayable: list[str] = []
         self.batch_counts = dict.fromkeys(("scanned", "selected", "replayed", "would_replay", "skipped", "held",
-                                           "unreplayable", "unreadable", "already_replayed"), 0)
-        self.ledger_topic = status_topic(self.dlq_topic)
-        self.replayed_keys: set[bytes] = set()  # read from the ledger at start, grown by this run
+                                           "unreplayable", "unreadable", "already_replayed",
+                                           "already_handled"), 0)
+        self.marks_topic = marks_topic(self.dlq_topic)
+        self.marks: dict[bytes, Mark] = {}  # read from the marks topic at start, grown by this run
         self.delivery_errors = transactions.DeliveryErrors()
         self.pace_started: float | None = None
         self.paced = 0
@@ -230,7 +191,7 @@ class Replayer:
                 transactions.init_transactions(self.producer, "the replay")
             if self.options.to_topic:
                 self._target_partitions(self.options.to_topic)
-            self.replayed_keys = read_ledger(self.settings, self.ledger_topic)
+            self.marks = read_marks(self.settings, self.dlq_topic)
             self._loop(*self._bounds())
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
@@ -356,10 +317,10 @@ class Replayer:
             self.batch_unreplayable.append(position)
             return
         dead_letter = record.dead_letter
-        if not self.options.selection.selects(record):
+        if not self.options.selection.selects(record, self.marks):
             self._record(partition, offset, "skipped")
             return
-        key = ledger_key(dead_letter, self.dlq_topic, partition, offset)
+        key = mark_key(dead_letter, self.dlq_topic, partition, offset)
         decision = self._decide(dead_letter, position, key)
         if decision.action == REPLAY and not self.options.dry_run:
             self._target_partitions(decision.target)
@@ -370,7 +331,8 @@ class Replayer:
             self._send(dead_letter, decision.target)
             self._mark_replayed(key, partition, offset, decision.target)
         if decision.action == REPLAY:
-            self.replayed_keys.add(key)  # a second copy of this dead letter, later in this run, is not sent
+            # A second copy of this dead letter, later in this run, is not sent.
+            self.marks[key] = Mark(REPLAYED, now_iso(), self.options.group, target=decision.target)
             self._record(partition, offset, "would_replay" if self.options.dry_run else "replayed", selected=True)
             self.batch_targets[decision.target] = self.batch_targets.get(decision.target, 0) + 1
         elif decision.action == HELD:
@@ -378,6 +340,8 @@ class Replayer:
             self.batch_held.append(position)
         elif decision.action == ALREADY_REPLAYED:
             self._record(partition, offset, "already_replayed", selected=True)
+        elif decision.action == ALREADY_HANDLED:
+            self._record(partition, offset, "already_handled", selected=True)
         else:
             self._record(partition, offset, "unreplayable", selected=True)
             self.batch_unreplayable.append(position)
@@ -401,9 +365,11 @@ class Replayer:
     def _decide(self, dead_letter: DeadLetter, position: str, key: bytes) -> Decision:
         if dead_letter.original_value is None:
             return Decision(position, UNREPLAYABLE, dead_letter, why="no original value to send")
-        if key in self.replayed_keys and not self.options.force:
-            return Decision(position, ALREADY_REPLAYED, dead_letter,
-                            why=f"replayed before, says {self.ledger_topic} (--force sends it again)")
+        mark = self.marks.get(key)
+        if mark is not None and not self.options.force:
+            by = f"{mark.status} by {mark.by or '?'} at {mark.at or '?'}" + (f" ({mark.note})" if mark.note else "")
+            return Decision(position, ALREADY_REPLAYED if mark.status == REPLAYED else ALREADY_HANDLED, dead_letter,
+                            why=f"{by}, says {self.marks_topic} (--force sends it all the same)")
         if dead_letter.replay_count >= self.options.max_replays:
             return Decision(position, HELD, dead_letter,
                             why=f"replayed {dead_letter.replay_count} time(s) already, --max-replays "
@@ -423,10 +389,9 @@ class Replayer:
                       headers=replay_headers(dead_letter), **extra)
 
     def _mark_replayed(self, key: bytes, partition: int, offset: int, target: str) -> None:
-        """The ledger record, in the same transaction as the original it stands for: both or neither."""
-        value = json.dumps({"status": "replayed", "at": datetime.now(UTC).isoformat(), "by": self.options.group,
-                            "dlq": [self.dlq_topic, partition, offset], "target": target}).encode()
-        self._produce(self.ledger_topic, key=key, value=value)
+        """The mark, in the same transaction as the original it stands for: both or neither."""
+        mark = Mark(REPLAYED, now_iso(), self.options.group, target=target)
+        self._produce(self.marks_topic, key=key, value=mark.to_bytes(f"{self.dlq_topic}[{partition}]@{offset}"))
 
     def _produce(self, topic: str, **message) -> None:
         """Produce into the open transaction."""
@@ -530,3 +495,244 @@ def validate_options(options: ReplayOptions, dlq_topic: str) -> None:
     if options.to_topic == dlq_topic:
         raise UsageError(f"--to {dlq_topic} would replay the DLQ into itself")
     options.selection.validate()
+
+
+# -- resolve and discard: marks written by an operator -----------------------------------------------
+
+@dataclass
+class MarkResult:
+    """What `mark_selection` marked (or, dry run, would mark)."""
+
+    dry_run: bool
+    status: str
+    dlq_topic: str
+    scanned: int = 0
+    marked: int = 0        # dry run: would be marked
+    unreadable: int = 0
+    listing: list[str] = field(default_factory=list)  # dry run only: the positions
+    stopped_by: str | None = None
+    elapsed_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        data = {name: getattr(self, name) for name in (
+            "dry_run", "status", "dlq_topic", "scanned", "marked", "unreadable", "stopped_by")}
+        data["elapsed_seconds"] = round(self.elapsed_seconds, 3)
+        if self.dry_run:
+            data["listing"] = self.listing
+        return data
+
+    def text(self) -> str:
+        done = f"would mark {self.marked}" if self.dry_run else f"marked {self.marked}"
+        line = (f"{'dry run: ' if self.dry_run else ''}scanned {self.scanned} message(s) of {self.dlq_topic}: "
+                f"{done} dead letter(s) {self.status}"
+                + (f", unreadable {self.unreadable}" if self.unreadable else ""))
+        return line + (f"\nstopped before the end of the DLQ ({self.stopped_by})" if self.stopped_by else "")
+
+
+def mark_selection(settings: KafkaSettings, selection: Selection, status: str, by: str, note: str,
+                   dry_run: bool = False, limit: int | None = None, stop: StopFlag | None = None,
+                   on_marked: Callable[[str, DeadLetter], None] | None = None) -> MarkResult:
+    """Mark the selected dead letters `status` (resolved or discarded), from the selection's start
+    to the DLQ's end as it is now. Copies of one dead letter share its mark and are marked once."""
+    stop = stop if stop is not None else StopFlag()
+    result = MarkResult(dry_run, status, settings.dlq_topic)
+    started = time.monotonic()
+    marks = read_marks(settings, settings.dlq_topic)
+    codec = DeadLetterCodec(dead_letter_codec())
+    reader = Consumer(reader_config(settings, f"dlq-marker-{uuid.uuid4()}"))
+
+    def chosen():
+        starts, ends = start_positions(reader, settings.dlq_topic, selection)
+        progress = Progress(sum(ends[p] - starts[p] for p in starts), "dry run" if dry_run else "marking")
+        try:
+            for message in reading.read_range(reader, settings.dlq_topic, starts, ends, stop=lambda: bool(stop)):
+                result.scanned += 1
+                progress.update(result.scanned)
+                try:
+                    record = read_dead_letter(message, codec, settings.dlq_topic)
+                except UnreadableRecord as exc:
+                    result.unreadable += 1
+                    log.warning("%s[%d]@%d is not a dead letter (%s): passed over", message.topic(),
+                                message.partition(), message.offset(), str(exc)[:300])
+                    continue
+                if not selection.selects(record, marks):
+                    continue
+                key = mark_key(record.dead_letter, record.topic, record.partition, record.offset)
+                if marks.get(key) is not None and marks[key].status == status:
+                    continue  # a copy of one marked in this run, or marked so before
+                mark = Mark(status, now_iso(), by, note)
+                marks[key] = mark
+                result.marked += 1
+                if dry_run:
+                    result.listing.append(record.position)
+                if on_marked is not None:
+                    on_marked(record.position, record.dead_letter)
+                yield key, mark
+                if limit and result.marked >= limit:
+                    result.stopped_by = f"--limit {limit} reached"
+                    return
+            if stop:
+                result.stopped_by = f"{stop.signal_name or 'stop'} received"
+        finally:
+            progress.close()
+
+    try:
+        if dry_run:
+            for _ in chosen():
+                pass
+        else:
+            write_marks(settings, settings.dlq_topic, chosen())
+    finally:
+        reader.close()
+        result.elapsed_seconds = time.monotonic() - started
+    return result
+
+
+# -- fix and replay: edited orders from a file -----------------------------------------------------
+
+LINEAGE_HEADER = "dlq.replay.of"  # topic[partition]@offset of the dead letter a replayed message fixes
+
+
+@dataclass
+class FileReplayResult:
+    dry_run: bool
+    file: str
+    lines: int = 0
+    replayed: int = 0        # dry run: would be replayed
+    already_replayed: int = 0
+    already_handled: int = 0
+    held: int = 0
+    targets: dict[str, int] = field(default_factory=dict)
+    refused_at: list[str] = field(default_factory=list)  # positions not sent (marked, held)
+    stopped_by: str | None = None
+    elapsed_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        data = {name: getattr(self, name) for name in (
+            "dry_run", "file", "lines", "replayed", "already_replayed", "already_handled", "held", "targets",
+            "refused_at", "stopped_by")}
+        data["elapsed_seconds"] = round(self.elapsed_seconds, 3)
+        return data
+
+    def text(self) -> str:
+        sent = f"would replay {self.replayed}" if self.dry_run else f"replayed {self.replayed}"
+        lines = [f"{'dry run: ' if self.dry_run else ''}{self.lines} edited order(s) in {self.file}: {sent}, "
+                 f"already replayed {self.already_replayed}, resolved or discarded {self.already_handled}, "
+                 f"held {self.held} (loop guard)"]
+        lines += [f"  {count:>7}  -> {topic}" for topic, count in sorted(self.targets.items())]
+        if self.stopped_by:
+            lines.append(f"stopped before the end of the file ({self.stopped_by}); run again to continue")
+        return "\n".join(lines)
+
+
+def replay_from_file(settings: KafkaSettings, path, options: ReplayOptions, products: frozenset[str],
+                     stop: StopFlag | None = None) -> FileReplayResult:
+    """Send the edited orders of an export, each marked replayed in the same transaction as its send.
+
+    The whole file is checked before anything is sent. A rerun (after a crash, or by mistake) sends
+    nothing twice: what a committed transaction sent is marked replayed and is passed over (unless
+    --force). transactional.id is one per DLQ, so a second run at the same time fences the first.
+    """
+    from orders_dlq.codec import order_codec  # noqa: PLC0415 - only this command encodes orders
+    from orders_dlq.fixes import check_fixes, read_fixes  # noqa: PLC0415
+
+    stop = stop if stop is not None else StopFlag()
+    started = time.monotonic()
+    codec = order_codec()
+    result = FileReplayResult(options.dry_run, str(path))
+    result.lines = check_fixes(path, codec, products)
+    marks = read_marks(settings, settings.dlq_topic)
+    admin = admin_client(settings)
+    partitions: dict[str, int] = {}
+    producer = None
+    errors = transactions.DeliveryErrors()
+    if not options.dry_run:
+        producer = Producer(reliable_producer_config(settings, options.delivery_timeout, **{
+            # One per DLQ: a second from-file replay fences this one (and aborts its open batch).
+            "transactional.id": f"{settings.dlq_topic}.replay-from-file",
+            "transaction.timeout.ms": 60000,
+        }))
+        transactions.init_transactions(producer, "the replay")
+    in_transaction, batch, batch_targets = False, 0, {}
+
+    def commit():
+        nonlocal in_transaction, batch, batch_targets
+        if in_transaction:
+            try:
+                transactions.commit_transaction(producer, options.delivery_timeout + 30)
+            except KafkaException as exc:
+                try:
+                    transactions.abort_transaction(producer, timeout=30)
+                except KafkaException:
+                    pass  # the coordinator aborts it after transaction.timeout.ms
+                raise ToolFailure(f"the replay batch could not be committed ({exc.args[0].str()}"
+                                  + (f"; {errors.first}" if errors else "")
+                                  + "); nothing of it was sent and a rerun continues where this one stopped") from None
+            in_transaction = False
+        result.replayed += batch
+        for topic, count in batch_targets.items():
+            result.targets[topic] = result.targets.get(topic, 0) + count
+        batch, batch_targets = 0, {}
+
+    try:
+        for fix in read_fixes(path, codec, products, options.to_topic):
+            if stop:
+                result.stopped_by = f"{stop.signal_name or 'stop'} received"
+                break
+            mark = marks.get(fix.mark_key)
+            if mark is not None and not options.force:
+                if mark.status == REPLAYED:
+                    result.already_replayed += 1
+                else:
+                    result.already_handled += 1
+                result.refused_at.append(fix.position)
+                log.warning("line %d (%s) not sent: %s by %s at %s (--force sends it all the same)", fix.line,
+                            fix.position, mark.status, mark.by or "?", mark.at or "?")
+                continue
+            replays = fix.replay_count
+            if replays >= options.max_replays:
+                result.held += 1
+                result.refused_at.append(fix.position)
+                log.warning("line %d (%s) held: replayed %d time(s) already, --max-replays %d", fix.line,
+                            fix.position, replays, options.max_replays)
+                continue
+            count = partitions.get(fix.target)
+            if count is None:
+                metadata = admin.list_topics(fix.target, timeout=10).topics.get(fix.target)
+                if metadata is None or metadata.error is not None or not metadata.partitions:
+                    raise ToolFailure(f"the replay target topic {fix.target} (line {fix.line}) does not exist; "
+                                      "nothing of this batch was sent (create it, or choose another with --to)")
+                count = partitions[fix.target] = len(metadata.partitions)
+            marks[fix.mark_key] = Mark(REPLAYED, now_iso(), options.group, target=fix.target)
+            batch += 1
+            batch_targets[fix.target] = batch_targets.get(fix.target, 0) + 1
+            if producer is None:
+                continue
+            if not in_transaction:
+                producer.begin_transaction()
+                in_transaction = True
+            extra = {}
+            if fix.original_partition is not None and 0 <= fix.original_partition < count:
+                extra["partition"] = fix.original_partition  # the key's partition, as a plain replay does
+            if fix.original_timestamp is not None and fix.original_timestamp > 0:
+                extra["timestamp"] = fix.original_timestamp
+            headers = [*without_error_context(fix.headers), (REPLAY_COUNT_HEADER, str(replays + 1).encode()),
+                       (LINEAGE_HEADER, fix.position.encode())]
+            transactions.produce(producer, fix.target, key=fix.key, value=fix.value, headers=headers,
+                                 on_delivery=errors, **extra)
+            transactions.produce(producer, marks_topic(settings.dlq_topic), key=fix.mark_key,
+                                 value=marks[fix.mark_key].to_bytes(fix.position), on_delivery=errors)
+            if batch >= options.batch_size:
+                commit()
+        commit()
+    except KafkaException as exc:
+        raise ToolFailure(f"the replay stopped on a Kafka error ({exc.args[0].str()}); nothing of the open batch "
+                          "was sent and a rerun continues where this one stopped") from None
+    finally:
+        if in_transaction:
+            try:
+                transactions.abort_transaction(producer, timeout=10)
+            except KafkaException:
+                pass  # a transaction never committed is aborted by its coordinator in the end
+        result.elapsed_seconds = time.monotonic() - started
+    return result

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ["setup_dlq.py", "producer.py", "consumer_aggregation.py", "dlq_producer.py", "dlq_consumer.py",
-           "dlq_replay.py"]
+           "dlq_replay.py", "dlq_console.py"]
 README = (ROOT / "README.md").read_text()
 
 

@@ -81,3 +81,62 @@ def test_a_dlq_message_time_beyond_any_date_is_no_time_and_no_error():
     assert error_time(foreign, 2**62) is None  # year ~146 million: no datetime holds it
     since = Selection(since=datetime(2026, 1, 1, tzinfo=UTC))
     assert not since.matches(foreign, 0, 0, 2**62)  # unknown time: not selected by a time bound
+
+
+# -- finding: key, order id, headers, text, status ---------------------------------------------------
+
+def found(selection: Selection, dead_letter: DeadLetter) -> bool:
+    return selection.matches(dead_letter, 0, 0, None)
+
+
+def test_key_order_id_and_headers_must_match_exactly():
+    letter = DeadLetter(error_reason="r", error_type="T", error_stage="validate", original_topic="orders",
+                        failed_by="test", order_id="abc", original_key=b"k-1",
+                        original_headers=[("tenant", b"blue"), ("trace", None)])
+    assert found(Selection(key="k-1"), letter) and not found(Selection(key="k-"), letter)
+    assert found(Selection(order_id="abc"), letter) and not found(Selection(order_id="ab"), letter)
+    assert found(Selection(headers=[("tenant", "blue")]), letter)
+    assert not found(Selection(headers=[("tenant", "blue"), ("region", "eu")]), letter)
+    assert not found(Selection(headers=[("tenant", "Blue")]), letter)
+
+
+def test_grep_looks_in_the_reason_the_error_type_and_the_original_value_in_any_case():
+    letter = DeadLetter(error_reason="unknown product: 'X'", error_type="InvalidOrder", error_stage="validate",
+                        original_topic="orders", failed_by="test", original_value=b'{"customer": "ACME Ltd"}')
+    for text in ("UNKNOWN PRODUCT", "invalidorder", "acme"):
+        assert found(Selection(grep=text), letter), text
+    assert not found(Selection(grep="fudge"), letter)
+    assert not found(Selection(grep="acme"), DeadLetter(error_reason="r", error_type="T", error_stage="produce",
+                                                        original_topic="orders", failed_by="test"))
+
+
+def test_a_status_needs_the_marks_and_all_does_not():
+    from orders_dlq.marks import RESOLVED, Mark, mark_key
+    from orders_dlq.selection import DlqRecord
+    record = DlqRecord(LETTER, "orders.DLQ", 1, 7, None)
+    marks = {mark_key(LETTER, "orders.DLQ", 1, 7): Mark(RESOLVED, "", "alice")}
+    assert Selection(status="resolved").selects(record, marks)
+    assert not Selection(status="open").selects(record, marks)
+    assert Selection(status="open").selects(record, {})
+    assert Selection().selects(record)  # status all: no marks needed
+    with pytest.raises(ValueError):
+        Selection(status="open").selects(record)
+
+
+@pytest.mark.parametrize("raw, parsed", [("a=b", ("a", "b")), ("a=", ("a", "")), ("a=b=c", ("a", "b=c"))])
+def test_headers_parse_as_name_equals_value(raw, parsed):
+    from orders_dlq.selection import parse_header
+    assert parse_header(raw) == parsed
+
+
+@pytest.mark.parametrize("raw", ["", "a", "=b"])
+def test_bad_headers_are_refused(raw):
+    from orders_dlq.selection import parse_header
+    with pytest.raises(ValueError):
+        parse_header(raw)
+
+
+def test_an_unknown_status_or_an_empty_text_is_a_usage_error():
+    for selection in (Selection(status="done"), Selection(grep=""), Selection(key="")):
+        with pytest.raises(UsageError):
+            selection.validate()
