@@ -379,8 +379,12 @@ def broker_properties(node_id: int, ports: list[tuple[int, int]], log_dir: Path)
 
 
 def new_cluster_id() -> str:
-    """A random cluster id in Kafka's Uuid format (22 chars of url-safe base64)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random cluster id in Kafka's Uuid format (22 chars of url-safe base64), never starting
+    with '-': kafka-storage would read it as an option (Kafka's own Uuid.randomUuid avoids it too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 # --------------------------------------------------------------------------
@@ -537,7 +541,9 @@ class LocalKafka:
                 f"The data dir {_show(self.data_dir)} holds a {state.get('brokers')}-broker "
                 f"cluster, not {self.brokers}: use --fresh or another --data-dir.")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cluster_id = (state or {}).get("cluster_id") or new_cluster_id()
+        cluster_id = (state or {}).get("cluster_id") or ""
+        if not cluster_id or cluster_id.startswith("-"):  # an id saved by an earlier version could not format
+            cluster_id = new_cluster_id()
         self.state_file.write_text(json.dumps(
             {"brokers": self.brokers, "ports": self.ports, "cluster_id": cluster_id,
              "kafka_version": kafka_version()}, indent=2) + "\n")
