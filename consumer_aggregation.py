@@ -144,8 +144,11 @@ def main(argv=None) -> int:
     summary = aggregate.summary()
     if aggregator.latency is not None:
         summary["latency_ms"] = aggregator.latency.summary()
-        log.info("creation -> aggregation latency: p50 %s ms, p99 %s ms (%d orders)",
-                 summary["latency_ms"]["p50"], summary["latency_ms"]["p99"], aggregator.latency.count)
+        summary["commit_ms"] = aggregator.commit_times.summary()
+        log.info("creation -> aggregation latency: p50 %s ms, p99 %s ms, p99.9 %s ms (%d orders); each commit "
+                 "held the loop p50 %s ms, p99 %s ms (%d commits)", summary["latency_ms"]["p50"],
+                 summary["latency_ms"]["p99"], summary["latency_ms"]["p99.9"], aggregator.latency.count,
+                 summary["commit_ms"]["p50"], summary["commit_ms"]["p99"], aggregator.commit_times.count)
     print(json.dumps(summary) if args.json else summary_text(aggregate))
     return EXIT_OK
 

@@ -120,6 +120,8 @@ class OrderAggregator:
         self.batch_size = batch_size
         self.stop = stop if stop is not None else StopFlag()
         self.latency = latency  # creation -> aggregation in ms, when asked for (--latency)
+        # With --latency, how long each commit held the loop: an order that arrives meanwhile waits.
+        self.commit_times = LatencyReservoir() if latency is not None else None
         self.observe_latency = metrics.serving()  # the Prometheus histogram, when metrics are served
         self.codec = order_codec()
         self.states: dict[int, PartitionState] = {}
@@ -232,8 +234,11 @@ class OrderAggregator:
                 elif idle_timeout is not None and self._idle_for(now, idle_timeout):
                     break
                 if now - last_commit >= self.commit_interval:
+                    pending = bool(self.dirty)
                     self.commit()
                     last_commit = time.monotonic()
+                    if pending and self.commit_times is not None:
+                        self.commit_times.add((last_commit - now) * 1000)
                 if on_batch:
                     on_batch(self)
             self.hold_commits_until = 0.0  # the last commit is not put off (see _on_revoke)

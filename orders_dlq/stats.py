@@ -116,7 +116,7 @@ class LatencyReservoir:
 
         def pick(q):
             return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else None
-        return {"count": self.count, "p50": pick(0.50), "p99": pick(0.99), "max": pick(1.0)}
+        return {"count": self.count, "p50": pick(0.50), "p99": pick(0.99), "p99.9": pick(0.999), "max": pick(1.0)}
 
 
 def combine(states) -> Aggregate:

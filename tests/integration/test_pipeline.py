@@ -16,13 +16,17 @@ def test_normal_operation_totals_are_exact_and_dlq_stays_empty(pipeline: Pipelin
     sent = pipeline.scripts.json("producer.py", "--count", 500, "--seed", 7)
     assert sent["sent"] == 500 and sent["dead_lettered"] == 0 and sent["spooled"] == 0
 
-    summary = pipeline.consume()
+    summary = pipeline.consume("--latency")
 
     truth = pipeline.truth()
     assert truth["count"] == 500
     assert_summary_matches_truth(summary, truth)
     assert summary["processed"] == 500 and summary["dead_lettered"] == 0
     assert pipeline.dead_letters() == []
+    # --latency: every order's creation -> aggregation time, and how long the commits held the loop.
+    latency, commits = summary["latency_ms"], summary["commit_ms"]
+    assert latency["count"] == 500 and 0 < latency["p50"] <= latency["p99"] <= latency["p99.9"] <= latency["max"]
+    assert commits["count"] >= 1 and 0 < commits["p50"] <= commits["max"]
 
 
 def test_bad_data_format_each_message_dead_lettered_once_with_original_bytes(pipeline: Pipeline):
