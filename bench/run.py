@@ -369,6 +369,27 @@ class Bench:
         return run
 
     # -- the whole run --------------------------------------------------------------------------
+    def run_only(self, which: str) -> None:
+        """A part of run(), for working on one figure: the same cases, repeated, interleaved."""
+        a = self.args
+        dlq_topic = None
+        if which == "dead-letters":
+            dlq_topic = self.new_topic("deadletter")
+            self.producer(None, dlq_topic, a.dlq_count, "--poison-ratio", "1")
+        for r in range(a.repeat):
+            if which == "latency":
+                self.log(f"latency round {r + 1}/{a.repeat} ({a.latency_rate:g}/s for {a.latency_seconds:g}s)")
+                self.guarded("latency_exactly_once", self.latency, "latency_exactly_once", "exactly-once")
+                self.guarded("latency_at_least_once", self.latency, "latency_at_least_once", "at-least-once")
+                continue
+            self.log(f"dead-letter round {r + 1}/{a.repeat}")
+            self.guarded("producer", self.producer, "producer", self.new_topic("orders"), a.count)
+            self.guarded("limit_dead_letter_forward", self.limit, "limit_dead_letter_forward", "forward", dlq_topic,
+                         a.dlq_count, "-g", f"bench-limit-{uuid.uuid4().hex[:8]}", "--to", f"{dlq_topic}.DLQ")
+            for guarantee in ("at-least-once", "exactly-once"):
+                case = f"dead_letter_{guarantee.replace('-', '_')}"
+                self.guarded(case, self.consumer, case, dlq_topic, a.dlq_count, guarantee)
+
     def run(self) -> None:
         a = self.args
         n, repeat = a.count, a.repeat
@@ -893,8 +914,10 @@ def parse_args(argv=None):
                         help="hours of commits (10/s per partition) in the restore case's changelog (default 1)")
     parser.add_argument("--console-count", type=int, default=1_000_000,
                         help="dead letters in the DLQ of the dlq_console.py case (default 1000000)")
-    parser.add_argument("--only", choices=["console"],
-                        help="run only this case (no warm-up), e.g. --only console --console-count 100000")
+    parser.add_argument("--only", choices=["console", "latency", "dead-letters"],
+                        help="run only these cases (no warm-up): console; latency (both guarantees); "
+                             "dead-letters (producer.py, the forward limit and both all-poison cases), "
+                             "e.g. --only console --console-count 100000")
     parser.add_argument("--no-registry", action="store_true",
                         help="skip the registry-mode cases (else SCHEMA_REGISTRY_URL, or a local registry it starts)")
     parser.add_argument("--list", action="store_true", help="print the names of the cases, one a line, and exit")
@@ -953,6 +976,8 @@ def main(argv=None) -> int:
             try:
                 if args.only == "console":
                     bench.guarded("console", console_case, bench, args.console_count)
+                elif args.only:
+                    bench.run_only(args.only)
                 else:
                     bench.run()
             except BenchError as exc:
