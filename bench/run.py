@@ -372,11 +372,23 @@ class Bench:
     def run_only(self, which: str) -> None:
         """A part of run(), for working on one figure: the same cases, repeated, interleaved."""
         a = self.args
-        dlq_topic = None
+        dlq_topic = clean_topic = poison_topic = None
         if which == "dead-letters":
             dlq_topic = self.new_topic("deadletter")
             self.producer(None, dlq_topic, a.dlq_count, "--poison-ratio", "1")
+        if which == "poison":
+            clean_topic, poison_topic = self.new_topic("orders"), self.new_topic("poison")
+            self.producer(None, clean_topic, a.count)
+            self.producer(None, poison_topic, a.count, "--poison-ratio", "0.01")
         for r in range(a.repeat):
+            if which == "poison":
+                self.log(f"poison round {r + 1}/{a.repeat}")
+                for guarantee in ("at-least-once", "exactly-once"):
+                    case = f"consumer_{guarantee.replace('-', '_')}"
+                    self.guarded(case, self.consumer, case, clean_topic, a.count, guarantee)
+                    self.guarded(case + "_poison_1pct", self.consumer, case + "_poison_1pct", poison_topic, a.count,
+                                 guarantee)
+                continue
             if which == "latency":
                 self.log(f"latency round {r + 1}/{a.repeat} ({a.latency_rate:g}/s for {a.latency_seconds:g}s)")
                 self.guarded("latency_exactly_once", self.latency, "latency_exactly_once", "exactly-once")
@@ -914,9 +926,10 @@ def parse_args(argv=None):
                         help="hours of commits (10/s per partition) in the restore case's changelog (default 1)")
     parser.add_argument("--console-count", type=int, default=1_000_000,
                         help="dead letters in the DLQ of the dlq_console.py case (default 1000000)")
-    parser.add_argument("--only", choices=["console", "latency", "dead-letters"],
+    parser.add_argument("--only", choices=["console", "latency", "dead-letters", "poison"],
                         help="run only these cases (no warm-up): console; latency (both guarantees); "
-                             "dead-letters (producer.py, the forward limit and both all-poison cases), "
+                             "dead-letters (producer.py, the forward limit and both all-poison cases); "
+                             "poison (the consumer on a clean and a 1%% poison topic, both guarantees), "
                              "e.g. --only console --console-count 100000")
     parser.add_argument("--no-registry", action="store_true",
                         help="skip the registry-mode cases (else SCHEMA_REGISTRY_URL, or a local registry it starts)")

@@ -21,16 +21,15 @@ before any of its messages is processed, so restarts and scale-out never double 
 from __future__ import annotations
 
 import time
-import traceback
 import uuid
 from collections.abc import Callable
+from typing import NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
 
 from orders_dlq import metrics, transactions
 from orders_dlq.changelog import PartitionState, read_states, state_key
 from orders_dlq.codec import DecodeError, order_codec
-from orders_dlq.dead_letter import DeadLetter, replay_count_of
 from orders_dlq.dlq import DeadLetterProducer
 from orders_dlq.errors import ToolFailure
 from orders_dlq.kafka import (
@@ -98,6 +97,15 @@ def require_co_partitioned(client, topic: str, state_topic: str) -> int:
         raise ToolFailure(f"the changelog {state_topic} has {counts[state_topic]} partition(s) but {topic} has "
                           f"{counts[topic]}: partition p of the changelog must hold partition p's totals; {fix}")
     return counts.get(state_topic, 0)
+
+
+class Failure(NamedTuple):
+    """Why one message is dead-lettered: the order when it was decoded, the stage that failed, the
+    error, and how many times processing was tried."""
+    order: dict | None
+    stage: str
+    error: BaseException
+    retries: int
 
 
 class CommitFailed(Exception):
@@ -189,9 +197,10 @@ class OrderAggregator:
             "delivery.report.only.error": True,
             # Right after a commit, the coordinator is still writing the last transaction's markers
             # and answers the next AddPartitionsToTxn/AddOffsetsToTxn with CONCURRENT_TRANSACTIONS;
-            # librdkafka retries after retry.backoff.ms, and the 100 ms default made those waits the
-            # p99 of every commit (and so of every order's latency): 130-180 ms against 30-40 ms at 10.
-            # The backoff still doubles per retry up to retry.backoff.max.ms (1 s) in an outage.
+            # librdkafka retries after retry.backoff.ms, and at the 100 ms default those waits were a
+            # large part of the commit's tail, and so of every order's latency (send_offsets p99 130-180
+            # ms in two runs, 30-40 ms at 10; other stalls remain). The backoff still doubles per
+            # retry up to retry.backoff.max.ms (1 s) in an outage.
             "retry.backoff.ms": 10,
             **producer_extra})
         self.producer = Producer(self.producer_config)
@@ -297,33 +306,33 @@ class OrderAggregator:
         # loudly, never allowed to stop the partition. Kafka errors from *sending* the dead letter
         # are not caught: they fail the unit of work, which is rolled back and redone.
         try:
-            dead_letter = self._evaluate(state, message)
+            failure = self._evaluate(state, message)
         except Exception as exc:  # noqa: BLE001 - see above
             log.exception("BUG: handling %s[%d]@%d raised %s; dead-lettering it as stage process",
                           message.topic(), partition, message.offset(), type(exc).__name__)
-            dead_letter = self._build_dead_letter(message, None, "process", exc, 0)
-        if dead_letter is not None:
-            self._send_dead_letter(state, dead_letter)
+            failure = Failure(None, "process", exc, 0)
+        if failure is not None:
+            self._send_dead_letter(state, message, failure)
         state.next_offset = message.offset() + 1
         self.dirty.add(partition)
 
-    def _evaluate(self, state: PartitionState, message) -> DeadLetter | None:
-        """Decode, validate and process one message: None when aggregated, else its dead letter."""
+    def _evaluate(self, state: PartitionState, message) -> Failure | None:
+        """Decode, validate and process one message: None when aggregated, else why it failed."""
         order = None
         try:
             order = self.codec.decode(message.value())
             validate(order, self.products)
         except DecodeError as exc:
-            return self._build_dead_letter(message, None, "deserialize", exc, 0)
+            return Failure(None, "deserialize", exc, 0)
         except InvalidOrder as exc:
-            return self._build_dead_letter(message, order, "validate", exc, 0)
+            return Failure(order, "validate", exc, 0)
         return self._process(state, message, order)
 
     def process_order(self, aggregate: Aggregate, order: dict) -> None:
         """The processing step for one valid order. It must change nothing when it raises."""
         aggregate.add_order(order["product"], order["price"])
 
-    def _process(self, state: PartitionState, message, order: dict) -> DeadLetter | None:
+    def _process(self, state: PartitionState, message, order: dict) -> Failure | None:
         """Process one valid order; an unexpected error is retried, then dead-lettered."""
         give_up_at = None
         for attempt in range(1, self.retry.max_attempts + 1):
@@ -340,52 +349,22 @@ class OrderAggregator:
                 give_up_at = give_up_at or time.monotonic() + MAX_RETRY_SECONDS
                 if (attempt == self.retry.max_attempts or not is_retryable(exc)
                         or time.monotonic() + delay > give_up_at):
-                    return self._build_dead_letter(message, order, "process", exc, attempt)
+                    return Failure(order, "process", exc, attempt)
                 log.warning("processing %s[%d]@%d failed (%s: %s), attempt %d of %d; retrying in %.2fs",
                             message.topic(), message.partition(), message.offset(), type(exc).__name__, exc,
                             attempt, self.retry.max_attempts, delay)
                 time.sleep(delay)
         return None
 
-    def _build_dead_letter(self, message, order, stage: str, error: Exception, retries: int) -> DeadLetter:
-        """The dead letter of one message. Everything read from the message is read defensively:
-        its headers may not even be readable (a header name that is not UTF-8 raises in the client)."""
-        headers_unreadable = None
-        try:
-            headers = message.headers() or []
-        except Exception as exc:  # noqa: BLE001 - the client cannot read them: carry none, say why
-            headers, headers_unreadable = [], f"{type(exc).__name__}: {exc}"
-        timestamp_type, timestamp = message.timestamp()
-        dead_letter = DeadLetter.for_order(
-            order,
-            error_reason=str(error),
-            error_type=type(error).__name__,
-            error_stage=stage,
-            original_topic=message.topic(),
-            failed_by=self.group,
-            retry_count=retries,
-            replay_count=replay_count_of(headers),
-            original_partition=message.partition(),
-            original_offset=message.offset(),
-            original_timestamp=timestamp if timestamp_type else None,
-            original_key=message.key(),
-            original_value=message.value(),
-            original_headers=headers,
-        )
-        dead_letter.headers_unreadable = headers_unreadable
-        if stage == "process" and self.dead_letters.format == "original":
-            # Where the processing step failed, for the stack-trace headers Spring's and Connect's
-            # readers show (decode and validate failures are the message's, their reason says all).
-            dead_letter.stacktrace = "".join(traceback.format_exception(error))
-        return dead_letter
-
-    def _send_dead_letter(self, state: PartitionState, dead_letter: DeadLetter) -> None:
-        log.debug("dead letter %s[%s]@%s (%s): %s", dead_letter.original_topic, dead_letter.original_partition,
-                  dead_letter.original_offset, dead_letter.error_stage, dead_letter.error_reason)
-        self.dead_letters.send(dead_letter, None if self.exactly_once else self.delivery_errors)
+    def _send_dead_letter(self, state: PartitionState, message, failure: Failure) -> None:
+        reason = self.dead_letters.send_failure(message, failure.order, failure.stage, failure.error,
+                                                failure.retries, self.group,
+                                                None if self.exactly_once else self.delivery_errors)
+        log.debug("dead letter %s[%s]@%s (%s): %s", message.topic(), message.partition(), message.offset(),
+                  failure.stage, reason)
         state.aggregate.dead_lettered += 1
         self.run_dead_lettered += 1
-        metrics.dead_letter_created(dead_letter.error_stage, dead_letter.error_reason)
+        metrics.dead_letter_created(failure.stage, reason)
 
     # -- commit and rollback ----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import struct
 import time
+import traceback
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -253,15 +254,6 @@ class DeadLetter:
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The original headers (minus earlier error context) followed by this failure's context."""
-        kept = without_error_context(self.original_headers)
-        reason = self.error_reason.encode("utf-8", "backslashreplace")
-        spring, connect, stage, failed_by = _context_headers(self.original_topic, self.failed_by, self.error_type,
-                                                             self.error_stage)
-        out = [*kept, *spring, (SPRING_EXCEPTION_MESSAGE, reason), *connect,
-               (CONNECT_PREFIX + "exception.message", reason), stage,
-               (TIMESTAMP_HEADER, self.error_timestamp.encode("utf-8", "backslashreplace")),
-               (RETRY_COUNT_HEADER, str(self.retry_count).encode()),
-               (REPLAY_COUNT_HEADER, str(self.replay_count).encode()), failed_by]
         text = {}
         if self.reduced is not None:
             text[REDUCED_HEADER] = self.reduced
@@ -271,18 +263,11 @@ class DeadLetter:
                 text[ORIGINAL_SHA256_HEADER] = self.original_sha256
         if self.headers_unreadable is not None:
             text[HEADERS_UNREADABLE_HEADER] = self.headers_unreadable
-        out += [(k, v.encode("utf-8", "backslashreplace")) for k, v in text.items()]
-        if self.original_partition is not None:
-            out += [(SPRING_PARTITION, struct.pack(">i", self.original_partition)),
-                    (CONNECT_PREFIX + "partition", str(self.original_partition).encode())]
-        if self.original_offset is not None:
-            out += [(SPRING_OFFSET, struct.pack(">q", self.original_offset)),
-                    (CONNECT_PREFIX + "offset", str(self.original_offset).encode())]
-        if self.original_timestamp is not None:
-            out += [(SPRING_TIMESTAMP, struct.pack(">q", self.original_timestamp)),
-                    (SPRING_TIMESTAMP_TYPE, b"CreateTime")]
-        out.append((FORMAT_HEADER, FORMAT_AVRO))
-        return out
+        return context_headers(without_error_context(self.original_headers), self.error_reason, self.original_topic,
+                               self.failed_by, self.error_type, self.error_stage, self.error_timestamp,
+                               self.retry_count, self.replay_count, self.original_partition, self.original_offset,
+                               self.original_timestamp,
+                               [(k, v.encode("utf-8", "backslashreplace")) for k, v in text.items()])
 
     def original_format_headers(self, instance: str) -> list[tuple[str, bytes]]:
         """The headers of this dead letter in the original format: those of headers(), plus what a
@@ -299,6 +284,52 @@ class DeadLetter:
                 (CONNECT_EXECUTING_CLASS, EXECUTING_CLASS.get(self.error_stage, "orders_dlq").encode()),
                 (FORMAT_HEADER, FORMAT_ORIGINAL)]
         return out
+
+
+def error_text(error) -> str:
+    """str(error), or what it was when even that fails (an exception with a hostile __str__)."""
+    try:
+        return str(error)
+    except Exception as exc:  # noqa: BLE001 - the dead letter must be written whatever the error is
+        return f"<unprintable {type(error).__name__}: {type(exc).__name__}>"
+
+
+def dead_letter_of_message(message, order: dict | None, stage: str, error: BaseException, retries: int,
+                           failed_by: str, *, error_timestamp: str | None = None,
+                           with_stacktrace: bool = False) -> DeadLetter:
+    """The dead letter of one consumed message that failed at `stage`. Everything read from the
+    message is read defensively: its headers may not even be readable (a header name that is not
+    UTF-8 raises in the client)."""
+    headers_unreadable = None
+    try:
+        headers = message.headers() or []
+    except Exception as exc:  # noqa: BLE001 - the client cannot read them: carry none, say why
+        headers, headers_unreadable = [], f"{type(exc).__name__}: {exc}"
+    timestamp_type, timestamp = message.timestamp()
+    dead_letter = DeadLetter.for_order(
+        order,
+        error_reason=error_text(error),
+        error_type=type(error).__name__,
+        error_stage=stage,
+        original_topic=message.topic(),
+        failed_by=failed_by,
+        retry_count=retries,
+        replay_count=replay_count_of(headers),
+        original_partition=message.partition(),
+        original_offset=message.offset(),
+        original_timestamp=timestamp if timestamp_type else None,
+        original_key=message.key(),
+        original_value=message.value(),
+        original_headers=headers,
+    )
+    if error_timestamp is not None:
+        dead_letter.error_timestamp = error_timestamp
+    dead_letter.headers_unreadable = headers_unreadable
+    if with_stacktrace:
+        # Where the processing step failed, for the stack-trace headers Spring's and Connect's
+        # readers show (decode and validate failures are the message's, their reason says all).
+        dead_letter.stacktrace = "".join(traceback.format_exception(error))
+    return dead_letter
 
 
 # The record's layout (schemas/dead_letter.avsc) as the hand-written encoder writes it: field,
@@ -356,6 +387,42 @@ def _context_headers(topic: str, failed_by: str, error_type: str, stage: str) ->
     return spring, connect, (STAGE_HEADER, encoded(stage)), (OUR_PREFIX + "failed.by", encoded(failed_by))
 
 
+def context_headers(kept: list, reason: str, topic: str, failed_by: str, error_type: str, stage: str,
+                    timestamp: str, retry_count: int, replay_count: int, partition: int | None,
+                    offset: int | None, original_timestamp: int | None, extra: list = ()) -> list:
+    """A dead letter's Kafka headers: the original ones kept, then the context in Spring's,
+    Connect's and our names (`extra`: what a reduced dead letter left out), then the format mark.
+    What repeats from one dead letter to the next is encoded once (see _context_headers)."""
+    reason_bytes = reason.encode("utf-8", "backslashreplace")
+    spring, connect, stage_header, failed_by_header = _context_headers(topic, failed_by, error_type, stage)
+    out = [*kept, *spring, (SPRING_EXCEPTION_MESSAGE, reason_bytes), *connect,
+           (CONNECT_PREFIX + "exception.message", reason_bytes), stage_header,
+           (TIMESTAMP_HEADER, timestamp.encode("utf-8", "backslashreplace")),
+           (RETRY_COUNT_HEADER, _decimal_text(retry_count)), (REPLAY_COUNT_HEADER, _decimal_text(replay_count)),
+           failed_by_header, *extra]
+    if partition is not None:
+        out += _partition_headers(partition)
+    if offset is not None:
+        out += [(SPRING_OFFSET, struct.pack(">q", offset)), (CONNECT_PREFIX + "offset", str(offset).encode())]
+    if original_timestamp is not None:
+        out += [(SPRING_TIMESTAMP, struct.pack(">q", original_timestamp)), (SPRING_TIMESTAMP_TYPE, b"CreateTime")]
+    out.append(_FORMAT_MARK)
+    return out
+
+
+_FORMAT_MARK = (FORMAT_HEADER, FORMAT_AVRO)
+_SMALL_DECIMALS = [str(n).encode() for n in range(16)]
+
+
+def _decimal_text(count: int) -> bytes:
+    return _SMALL_DECIMALS[count] if 0 <= count < 16 else str(count).encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _partition_headers(partition: int) -> tuple:
+    return ((SPRING_PARTITION, struct.pack(">i", partition)), (CONNECT_PREFIX + "partition", str(partition).encode()))
+
+
 class DeadLetterCodec:
     """Turns dead letters into Kafka messages and back, ours (Avro) or other tools' (headers only).
 
@@ -372,26 +439,37 @@ class DeadLetterCodec:
         if not self.fast:
             return self.codec.encode(dead_letter.to_record())
         d = dead_letter
+        return self.encode_fields(d.order_id, d.product, d.price, d.error_reason, d.error_type, d.error_stage,
+                                  d.error_timestamp, d.retry_count, d.replay_count, d.original_topic,
+                                  d.original_partition, d.original_offset, d.original_timestamp, d.original_key,
+                                  d.original_value, d.original_headers, d.failed_by)
+
+    @staticmethod
+    def encode_fields(order_id, product, price, error_reason, error_type, error_stage, error_timestamp,
+                      retry_count, replay_count, original_topic, original_partition, original_offset,
+                      original_timestamp, original_key, original_value, original_headers, failed_by) -> bytes:
+        """encode() of fitted fields, without a DeadLetter (the consumer's fast path); only for a
+        codec whose schema has the hand-written layout (`fast`)."""
         out = [
-            _NULL if d.order_id is None else _PRESENT + _text(d.order_id),
-            _NULL if d.product is None else _PRESENT + _text(d.product),
-            _NULL if d.price is None else _PRESENT + _blob(avro_decimal(unscaled_cents(d.price))),
-            _text(d.error_reason), _repeated_text(d.error_type), _repeated_text(d.error_stage),
-            _text(d.error_timestamp), avro_long(d.retry_count), avro_long(d.replay_count),
-            _repeated_text(d.original_topic),
-            _NULL if d.original_partition is None else _PRESENT + avro_long(d.original_partition),
-            _NULL if d.original_offset is None else _PRESENT + avro_long(d.original_offset),
-            _NULL if d.original_timestamp is None else _PRESENT + avro_long(d.original_timestamp),
-            _NULL if d.original_key is None else _PRESENT + _blob(d.original_key),
-            _NULL if d.original_value is None else _PRESENT + _blob(d.original_value),
+            _NULL if order_id is None else _PRESENT + _text(order_id),
+            _NULL if product is None else _PRESENT + _text(product),
+            _NULL if price is None else _PRESENT + _blob(avro_decimal(unscaled_cents(price))),
+            _text(error_reason), _repeated_text(error_type), _repeated_text(error_stage),
+            _text(error_timestamp), avro_long(retry_count), avro_long(replay_count),
+            _repeated_text(original_topic),
+            _NULL if original_partition is None else _PRESENT + avro_long(original_partition),
+            _NULL if original_offset is None else _PRESENT + avro_long(original_offset),
+            _NULL if original_timestamp is None else _PRESENT + avro_long(original_timestamp),
+            _NULL if original_key is None else _PRESENT + _blob(original_key),
+            _NULL if original_value is None else _PRESENT + _blob(original_value),
         ]
-        if d.original_headers:
-            out.append(avro_long(len(d.original_headers)))
-            for key, value in d.original_headers:
+        if original_headers:
+            out.append(avro_long(len(original_headers)))
+            for key, value in original_headers:
                 out.append(_text(key))
                 out.append(_NULL if value is None else _PRESENT + _blob(value))
         out.append(_EMPTY_ARRAY)
-        out.append(_repeated_text(d.failed_by))
+        out.append(_repeated_text(failed_by))
         return b"".join(out)
 
     def decode_message(self, value: bytes | None, headers: list | None, key: bytes | None = None,

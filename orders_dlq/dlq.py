@@ -13,7 +13,22 @@ from confluent_kafka.admin import ConfigResource
 
 from orders_dlq import transactions
 from orders_dlq.codec import dead_letter_codec
-from orders_dlq.dead_letter import FORMAT_AVRO, FORMAT_HEADER, DeadLetter, DeadLetterCodec, fit_text
+from orders_dlq.dead_letter import (
+    ERROR_HEADER_PREFIXES,
+    FORMAT_AVRO,
+    FORMAT_HEADER,
+    INT_MAX,
+    MAX_TEXT,
+    DeadLetter,
+    DeadLetterCodec,
+    context_headers,
+    dead_letter_of_message,
+    error_text,
+    fit_price,
+    fit_text,
+    replay_count_of,
+    utc_now_iso,
+)
 from orders_dlq.errors import ToolFailure
 from orders_dlq.foreign import with_order_fields
 from orders_dlq.kafka import (
@@ -46,6 +61,14 @@ BATCH_OVERHEAD_BYTES = 1024
 # What a dead letter's context headers can add beyond its Avro value: the reason twice (2,000
 # characters, each at most 10 bytes once escaped), the other fitted fields and their names.
 CONTEXT_HEADERS_BOUND = 64 * 1024
+
+
+_STAGES_PLAIN = frozenset(("produce", "deserialize", "validate", "process"))
+
+
+def _plain_text(value, limit: int) -> bool:
+    """A str that fit_text() would leave as it is, cheaply: ASCII and short."""
+    return type(value) is str and len(value) <= limit and value.isascii()
 
 
 def message_size(key: bytes | None, value: bytes | None, headers: list) -> int:
@@ -198,6 +221,87 @@ class DeadLetterProducer:
             self._max_bytes = min(self.max_bytes, message_size(key, value, headers) - 1)
             key, value, headers = self.encode(dead_letter)
             self._produce(self.topic, key, value, headers, self._delivery_callback(on_delivery))
+
+    def send_failure(self, message, order: dict | None, stage: str, error: BaseException, retries: int,
+                     failed_by: str, on_delivery=None) -> str:
+        """Dead-letter one consumed message that failed at `stage`; returns the reason written.
+
+        The same message as send(dead_letter_of_message(...)) (a property test checks the bytes),
+        written without building and fitting a DeadLetter when every field already fits as it is:
+        a poison flood dead-letters every message, and those two steps were half of its cost.
+        Anything unusual (original format, hostile text, a large message, headers that need
+        cleaning) takes the general way."""
+        reason = error_text(error)
+        sent = self._send_plain_failure(message, order, stage, error, reason, retries, failed_by, on_delivery)
+        if not sent:
+            dead_letter = dead_letter_of_message(
+                message, order, stage, error, retries, failed_by,
+                with_stacktrace=stage == "process" and self.format == "original")
+            self.send(dead_letter, on_delivery)
+        return reason
+
+    def _send_plain_failure(self, message, order, stage, error, reason, retries, failed_by, on_delivery,
+                            error_timestamp: str | None = None) -> bool:
+        """send_failure()'s fast way; False (nothing sent) when the message needs the general one."""
+        encoded = self.encode_plain_failure(message, order, stage, error, reason, retries, failed_by,
+                                            error_timestamp or utc_now_iso())
+        if encoded is None:
+            return False
+        key, value, headers = encoded
+        try:
+            self._produce(self.topic, key, value, headers, self._delivery_callback(on_delivery))
+        except KafkaException as exc:
+            if exc.args[0].code() not in TOO_LARGE_ERRORS:
+                raise
+            return False  # the general way learns the limit and reduces the dead letter
+        return True
+
+    def encode_plain_failure(self, message, order, stage, error, reason, retries, failed_by,
+                             error_timestamp: str) -> tuple[bytes | None, bytes, list] | None:
+        """Key, value and headers of the envelope dead letter of `message`, when every field fits the
+        schema as it is (then fitted() would change nothing); None otherwise."""
+        if self.format != "envelope" or not self.codec.fast:
+            return None
+        error_type = type(error).__name__
+        topic = message.topic()
+        if not (type(reason) is str and len(reason) <= MAX_TEXT and reason.isascii()
+                and _plain_text(error_type, 200) and _plain_text(topic, 300) and _plain_text(failed_by, 300)
+                and _plain_text(error_timestamp, 100) and stage in _STAGES_PLAIN
+                and type(retries) is int and 0 <= retries <= INT_MAX):
+            return None
+        try:
+            headers = message.headers()
+        except Exception:  # noqa: BLE001 - unreadable headers: the general way says why
+            return None
+        if headers:
+            for name, value in headers:
+                if (not _plain_text(name, 1000) or name.startswith(ERROR_HEADER_PREFIXES)
+                        or not (value is None or type(value) is bytes)):
+                    return None
+        else:
+            headers = []
+        order_id = product = price = None
+        if order:
+            order_id, product, price = order.get("order_id"), order.get("product"), order.get("price")
+            if not ((order_id is None or _plain_text(order_id, 200)) and (product is None or _plain_text(product, 200))
+                    and (price is None or fit_price(price) is price)):
+                return None
+        partition, offset = message.partition(), message.offset()
+        timestamp_type, timestamp = message.timestamp()
+        key, value = message.key(), message.value()
+        if not (type(partition) is int and 0 <= partition <= INT_MAX and type(offset) is int and offset >= 0
+                and (key is None or type(key) is bytes) and (value is None or type(value) is bytes)):
+            return None
+        timestamp = timestamp if timestamp_type else None
+        replay_count = replay_count_of(headers)
+        encoded = self.codec.encode_fields(order_id, product, price, reason, error_type, stage, error_timestamp,
+                                           retries, replay_count, topic, partition, offset, timestamp, key, value,
+                                           headers, failed_by)
+        # As _encode_fitted: the Kafka headers repeat at most the Avro value plus the bounded context.
+        if 2 * len(encoded) + len(key or b"") + CONTEXT_HEADERS_BOUND > self.max_bytes:
+            return None
+        return key, encoded, context_headers(headers, reason, topic, failed_by, error_type, stage, error_timestamp,
+                                             retries, replay_count, partition, offset, timestamp)
 
     def _delivery_callback(self, on_delivery):
         if on_delivery is None:

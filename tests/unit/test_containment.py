@@ -178,11 +178,9 @@ class MessageWithUnreadableHeaders:
 
 
 def test_a_message_whose_headers_cannot_be_read_still_gets_its_dead_letter():
-    from types import SimpleNamespace
-
-    from orders_dlq.aggregation import OrderAggregator
-    dead_letter = OrderAggregator._build_dead_letter(SimpleNamespace(group="g"), MessageWithUnreadableHeaders(),
-                                                     None, "deserialize", DecodeError("not a valid Avro order"), 0)
+    from orders_dlq.dead_letter import dead_letter_of_message
+    dead_letter = dead_letter_of_message(MessageWithUnreadableHeaders(), None, "deserialize",
+                                         DecodeError("not a valid Avro order"), 0, "g")
     fitted = dead_letter.fitted()
     headers = dict(fitted.headers())
     assert fitted.original_headers == [] and fitted.original_value == b"\x00POISON"
