@@ -504,17 +504,24 @@ def fill_dead_letters(bootstrap: str, dlq_topic: str, count: int) -> None:
         variants.append((codec.encode(letter), letter.headers()))
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1_000_000,
                          "compression.type": "lz4"})
-    for index in range(count):
-        value, headers = variants[index % 16]
+    messages = ({"value": variants[index % 16][0], "key": b"k%d" % index, "headers": variants[index % 16][1]}
+                for index in range(count))
+    fill(producer, dlq_topic, messages, 300, "the console case's DLQ could not be filled")
+
+
+def fill(producer, topic: str, messages, flush_timeout: float, failure: str) -> None:
+    """Produce every message (a dict of produce() arguments) as fast as the producer takes them, then
+    wait for all of them: a case's input, written before its clock starts."""
+    for message in messages:
         while True:
             try:
-                producer.produce(dlq_topic, value=value, key=b"k%d" % index, headers=headers)
+                producer.produce(topic, **message)
                 break
             except BufferError:
                 producer.poll(0.1)
         producer.poll(0)
-    if producer.flush(300):
-        raise BenchError("the console case's DLQ could not be filled")
+    if producer.flush(flush_timeout):
+        raise BenchError(failure)
 
 
 def console_get(base: str, token: str, path: str) -> tuple[float, dict]:
@@ -575,19 +582,10 @@ def restore_case(bench: Bench, partitions: int, commits: int) -> dict:
     producer = confluent_kafka.Producer({"bootstrap.servers": bench.bootstrap, "linger.ms": 50,
                                          "enable.idempotence": True})
     started = time.monotonic()
-    for commit in range(commits):
-        for partition in range(partitions):
-            state = PartitionState(commit + 1).encode()
-            while True:
-                try:
-                    producer.produce(state_topic, partition=partition, key=state_key(group, topic, partition),
-                                     value=state)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-        producer.poll(0)
-    if producer.flush(120):
-        raise BenchError("the simulated changelog was not written")
+    states = ({"partition": partition, "key": state_key(group, topic, partition),
+               "value": PartitionState(commit + 1).encode()}
+              for commit in range(commits) for partition in range(partitions))
+    fill(producer, state_topic, states, 120, "the simulated changelog was not written")
     written_s = time.monotonic() - started
     settings = KafkaSettings(bench.bootstrap, topic, f"{topic}.DLQ")
     timings = {}

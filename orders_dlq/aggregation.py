@@ -114,11 +114,15 @@ class CommitFailed(Exception):
 
 
 class CommitJob:
-    """The round trips that end one unit of work (offsets into the transaction and its commit, or
-    at-least-once's acknowledgements and offset commit), run here or on a thread of their own."""
+    """The waits that end one unit of work (offsets into the transaction and its commit, or
+    at-least-once's acknowledgements), run here or on a thread of their own; `after` runs on the
+    loop's thread once they succeeded (at-least-once's offset commit: the consumer is only ever
+    used by the loop, whose rebalance callbacks it must not wait for)."""
 
-    def __init__(self, call: Callable[[], None], snapshots: dict[int, PartitionState]):
+    def __init__(self, call: Callable[[], None], snapshots: dict[int, PartitionState],
+                 after: Callable[[], None] | None = None):
         self.call = call
+        self.after = after
         self.snapshots = snapshots  # each committed partition's state as this unit ends it
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
@@ -421,15 +425,12 @@ class OrderAggregator:
         return self._end_commit(job, in_rebalance)
 
     def _commit_in_background(self) -> None:
-        """From the loop, exactly-once: the commit's round trips to the coordinators (a p50 of 10-20
+        """From the loop: the commit's waits (exactly-once: the round trips to the coordinators;
+        at-least-once: the acknowledgements of the unit's dead letters and states; a p50 of 10-20
         ms with a tail past 100 ms) run on a thread while the loop goes on aggregating. The
-        failures met meanwhile are held and dead-lettered in the next transaction (see
-        _finish_commit): nothing can be produced while a transaction commits. One commit at a time."""
-        if not self.exactly_once:
-            # At-least-once commits wait here: on a thread, its acknowledgement waits failed the
-            # outage and scale-out tests (not investigated further; the tail is exactly-once's).
-            self.commit()
-            return
+        failures met meanwhile are held and dead-lettered after it (see _finish_commit): nothing
+        can be produced while a transaction commits, and an acknowledgement wait must cover its
+        own unit only. One commit at a time."""
         job = self._begin_commit(False)
         if job:
             self.committing = job
@@ -473,17 +474,24 @@ class OrderAggregator:
             def call():
                 producer.send_offsets_to_transaction(offsets, metadata, transactions.CALL_TIMEOUT)
                 transactions.commit_transaction(producer)
-        else:
-            def call():
-                # The dead letters first: a state (with its next_offset) must never reach the
-                # changelog before the dead letters of the orders it covers are confirmed.
-                self._settle_deliveries()
-                write_states(self.producer)
-                self._settle_deliveries()
-                self.consumer.commit(offsets=offsets, asynchronous=False)
-        return CommitJob(call, snapshots)
+            return CommitJob(call, snapshots)
+
+        def acknowledged():
+            # The dead letters first: a state (with its next_offset) must never reach the
+            # changelog before the dead letters of the orders it covers are confirmed.
+            self._settle_deliveries()
+            write_states(self.producer)
+            self._settle_deliveries()
+
+        return CommitJob(acknowledged, snapshots,
+                         after=lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
 
     def _end_commit(self, job: CommitJob, in_rebalance: bool) -> bool:
+        if job.error is None and job.after is not None:
+            try:
+                job.after()
+            except (KafkaException, CommitFailed, BufferError) as exc:
+                job.error = exc
         if job.error is not None:
             if not isinstance(job.error, KafkaException | CommitFailed | BufferError):
                 raise job.error

@@ -384,6 +384,7 @@ def _read_long(data: bytes, position: int) -> tuple[int, int]:
 
 
 _PRICES_READ: dict[bytes, Decimal] = {}
+_LENGTH_PREFIXED = ("order_id", "product", "price")  # ORDER_LAYOUT's string and bytes fields, in order
 
 
 def decode_order_fast(data: bytes) -> dict | None:
@@ -404,52 +405,35 @@ def read_order(data: bytes) -> dict | str | None:
 
     A poison flood is all failures: asking fastavro for each reason cost ten times the read."""
     position = 0
-    name = "order_id"
+    values = []  # order_id and product as text, the price's bytes
     try:
-        size, position = _read_long(data, 0)
-        end = position + size
-        if size < 0:
-            return None
-        if end > len(data):
-            return _runs_past_the_end(name, size, len(data) - position)
-        order_id = data[position:end].decode("utf-8")
-        name = "product"
-        size, position = _read_long(data, end)
-        end = position + size
-        if size < 0:
-            return None
-        if end > len(data):
-            return _runs_past_the_end(name, size, len(data) - position)
-        product = data[position:end].decode("utf-8")
-        name = "price"
-        size, position = _read_long(data, end)
-        end = position + size
-        if size < 0:
-            return None
-        if end > len(data):
-            return _runs_past_the_end(name, size, len(data) - position)
-        raw_price = data[position:end]
-        price = _PRICES_READ.get(raw_price)
-        if price is None:
-            price = decimal_from_bytes(raw_price, PRICE_SCALE)
-            if len(_PRICES_READ) >= FIELD_CACHE_SIZE:
-                _PRICES_READ.clear()  # bounded, whatever the input
-            _PRICES_READ[raw_price] = price  # Decimals are immutable: one per price is shared
+        for name in _LENGTH_PREFIXED:
+            size, start = _read_long(data, position)
+            position = start + size
+            if size < 0:
+                return None
+            if position > len(data):
+                return f"{NOT_AN_ORDER}: {name} needs {size} bytes, {len(data) - start} left"
+            raw = data[start:position]
+            values.append(raw if name == "price" else raw.decode("utf-8"))
         name = "created_at"
-        created_at, position = _read_long(data, end)
+        created_at, position = _read_long(data, position)
     except IndexError:
         return f"{NOT_AN_ORDER}: the value ends inside {name} ({len(data)} bytes)"
     except UnicodeDecodeError:
         return f"{NOT_AN_ORDER}: {name} is not UTF-8 text"
     except ValueError:
         return None  # a varint fastavro reads otherwise: its reason
+    order_id, product, raw_price = values
+    price = _PRICES_READ.get(raw_price)
+    if price is None:
+        price = decimal_from_bytes(raw_price, PRICE_SCALE)
+        if len(_PRICES_READ) >= FIELD_CACHE_SIZE:
+            _PRICES_READ.clear()  # bounded, whatever the input
+        _PRICES_READ[raw_price] = price  # Decimals are immutable: one per price is shared
     if position != len(data):
         return f"{TRAILING_BYTES}: {len(data) - position}"
     return {"order_id": order_id, "product": product, "price": price, "created_at": created_at}
-
-
-def _runs_past_the_end(name: str, size: int, left: int) -> str:
-    return f"{NOT_AN_ORDER}: {name} needs {size} bytes, {left} left"
 
 
 def _canonical(raw: dict) -> str:

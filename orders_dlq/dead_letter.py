@@ -434,23 +434,27 @@ class DeadLetterCodec:
         self.codec = codec
         self.fast = _layout_of(codec.schema) == DEAD_LETTER_LAYOUT
 
+    # Written before every record: empty (schemaless), or registry mode's 5-byte Confluent header
+    # (see orders_dlq/registry.py: frame_dead_letters).
+    header = b""
+
     def encode(self, dead_letter: DeadLetter) -> bytes:
         """The Avro record of a fitted dead letter (see DeadLetter.fitted)."""
         if not self.fast:
-            return self.codec.encode(dead_letter.to_record())
+            return self.header + self.codec.encode(dead_letter.to_record())
         d = dead_letter
         return self.encode_fields(d.order_id, d.product, d.price, d.error_reason, d.error_type, d.error_stage,
                                   d.error_timestamp, d.retry_count, d.replay_count, d.original_topic,
                                   d.original_partition, d.original_offset, d.original_timestamp, d.original_key,
                                   d.original_value, d.original_headers, d.failed_by)
 
-    @staticmethod
-    def encode_fields(order_id, product, price, error_reason, error_type, error_stage, error_timestamp,
+    def encode_fields(self, order_id, product, price, error_reason, error_type, error_stage, error_timestamp,
                       retry_count, replay_count, original_topic, original_partition, original_offset,
                       original_timestamp, original_key, original_value, original_headers, failed_by) -> bytes:
         """encode() of fitted fields, without a DeadLetter (the consumer's fast path); only for a
         codec whose schema has the hand-written layout (`fast`)."""
         out = [
+            self.header,
             _NULL if order_id is None else _PRESENT + _text(order_id),
             _NULL if product is None else _PRESENT + _text(product),
             _NULL if price is None else _PRESENT + _blob(avro_decimal(unscaled_cents(price))),
@@ -481,7 +485,7 @@ class DeadLetterCodec:
             named = dict(headers)
             if REDUCED_HEADER in named:
                 dead_letter.reduced = _header_text(named, REDUCED_HEADER)
-                dead_letter.original_size = _header_int(named, "-", ORIGINAL_SIZE_HEADER)
+                dead_letter.original_size = _header_int(named, None, ORIGINAL_SIZE_HEADER)
                 dead_letter.original_sha256 = _header_text(named, ORIGINAL_SHA256_HEADER)
             return dead_letter
         return dead_letter_from_headers(value, headers, key, dlq_topic)
@@ -496,12 +500,13 @@ def _header_text(headers: dict, name: str) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else None
 
 
-def _header_int(headers: dict, binary_name: str, text_name: str) -> int | None:
-    raw = headers.get(binary_name)
+def _header_int(headers: dict, binary_name: str | None, text_name: str | None) -> int | None:
+    """A number from Spring's binary header, else from the decimal text one (None: that kind has none)."""
+    raw = headers.get(binary_name) if binary_name else None
     if isinstance(raw, bytes) and len(raw) in (4, 8):
         return struct.unpack(">i" if len(raw) == 4 else ">q", raw)[0]
     try:
-        return int(_header_text(headers, text_name) or "")
+        return int((_header_text(headers, text_name) if text_name else None) or "")
     except ValueError:
         return None  # another tool's header we cannot read is not worth failing the dead letter
 
@@ -525,11 +530,11 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
                         or dlq_topic.removesuffix(".DLQ").removesuffix(".DLT") or "unknown"),
         original_partition=_header_int(headers, SPRING_PARTITION, CONNECT_PREFIX + "partition"),
         original_offset=_header_int(headers, SPRING_OFFSET, CONNECT_PREFIX + "offset"),
-        original_timestamp=_header_int(headers, SPRING_TIMESTAMP, "-"),
+        original_timestamp=_header_int(headers, SPRING_TIMESTAMP, None),
         failed_by=(_header_text(headers, SPRING_GROUP)
                    or _header_text(headers, CONNECT_PREFIX + "connector.name") or "unknown"),
-        retry_count=_header_int(headers, "-", RETRY_COUNT_HEADER) or 0,
-        replay_count=_header_int(headers, "-", REPLAY_COUNT_HEADER) or 0,
+        retry_count=_header_int(headers, None, RETRY_COUNT_HEADER) or 0,
+        replay_count=_header_int(headers, None, REPLAY_COUNT_HEADER) or 0,
         original_key=key,
         original_value=value,
         original_headers=without_error_context(header_list),
@@ -537,7 +542,7 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
     )
     if REDUCED_HEADER in headers:
         dead_letter.reduced = _header_text(headers, REDUCED_HEADER)
-        dead_letter.original_size = _header_int(headers, "-", ORIGINAL_SIZE_HEADER)
+        dead_letter.original_size = _header_int(headers, None, ORIGINAL_SIZE_HEADER)
         dead_letter.original_sha256 = _header_text(headers, ORIGINAL_SHA256_HEADER)
     dead_letter.headers_unreadable = _header_text(headers, HEADERS_UNREADABLE_HEADER)
     return dead_letter

@@ -829,9 +829,15 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(f"--brokers must be between 1 and {MAX_BROKERS}")
     handler = {"start": _cmd_start, "stop": _cmd_stop,
                "status": _cmd_status, "fetch": _cmd_fetch}[args.command]
+    return run_command(handler, args, KafkaLocalError)
+
+
+def run_command(handler, args, own_error: type[Exception]) -> int:
+    """One subcommand of a local service's CLI (this one, local_registry's): the service's own
+    errors and the machine's (an unwritable directory) end in one line and exit 1, Ctrl+C in 130."""
     try:
         return handler(args)
-    except KafkaLocalError as err:
+    except own_error as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # e.g. an unwritable --data-dir

@@ -43,6 +43,7 @@ from orders_dlq.local_kafka import (
     find_java,
     free_port,
     port_is_free,
+    run_command,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -353,18 +354,7 @@ def _cmd_build(_args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # usage errors: argparse exits with 2
     handler = {"start": _cmd_start, "stop": _cmd_stop, "status": _cmd_status, "build": _cmd_build}[args.command]
-    try:
-        return handler(args)
-    except RegistryLocalError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # e.g. an unwritable --state-dir
-        where = f": {err.filename}" if err.filename else ""
-        print(f"error: {err.strerror or err}{where}.", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted.", file=sys.stderr)
-        return 130
+    return run_command(handler, args, RegistryLocalError)
 
 
 if __name__ == "__main__":

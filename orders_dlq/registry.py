@@ -353,32 +353,21 @@ class OriginalOrders:
         return None
 
 
-class RegistryDeadLetterCodec:
-    """Dead letters in the Confluent wire format: the envelope record, registered as <dlq>-value,
-    behind the 5-byte header. Wraps the DeadLetterCodec of a DeadLetterProducer."""
-
-    def __init__(self, codec, registry: Registry, dlq_topic: str):
-        self.codec = codec
-        subject = value_subject(dlq_topic)
-        try:
-            schema_id = registry.call("register a schema", registry.client.register_schema, subject,
-                                      _registry_client().Schema(json.dumps(codec.codec.schema), "AVRO"))
-        except _registry_client().error.SchemaRegistryError as exc:
-            raise ToolFailure(f"the schema registry at {registry.settings.shown_url} refused the dead-letter schema "
-                              f"under {subject}: {exc}") from None
-        self.header = confluent_header(schema_id)
-
-    def encode(self, dead_letter) -> bytes:
-        return self.header + self.codec.encode(dead_letter)
-
-    def __getattr__(self, name):
-        return getattr(self.codec, name)
-
-
 def frame_dead_letters(order_codec_in_use, dead_letters, dlq_topic: str) -> None:
-    """Hook for producer.py / consumer_aggregation.py: in registry mode, their dead letters too."""
-    if isinstance(order_codec_in_use, RegistryOrderCodec):
-        dead_letters.codec = RegistryDeadLetterCodec(dead_letters.codec, order_codec_in_use.registry, dlq_topic)
+    """Hook for producer.py / consumer_aggregation.py: in registry mode their dead letters too are in
+    the Confluent wire format: the envelope record, registered as <dlq>-value, behind the 5-byte
+    header that the DeadLetterCodec then writes before every record (both of its encoders)."""
+    if not isinstance(order_codec_in_use, RegistryOrderCodec):
+        return
+    registry, codec = order_codec_in_use.registry, dead_letters.codec
+    subject = value_subject(dlq_topic)
+    try:
+        schema_id = registry.call("register a schema", registry.client.register_schema, subject,
+                                  _registry_client().Schema(json.dumps(codec.codec.schema), "AVRO"))
+    except _registry_client().error.SchemaRegistryError as exc:
+        raise ToolFailure(f"the schema registry at {registry.settings.shown_url} refused the dead-letter schema "
+                          f"under {subject}: {exc}") from None
+    codec.header = confluent_header(schema_id)
 
 
 def decode_dead_letter_either_framing(codec, value, headers, *args, **kwargs):

@@ -347,6 +347,22 @@ def assert_dead_lettered_exactly_once(letters: list[dict], truth: dict) -> None:
     assert len(positions) == sum(truth["failures"].values())
 
 
+def assert_pipeline_exact(pipeline, truth: dict, guarantee: str) -> None:
+    """After instances came, went or died: the totals are exactly the orders sent, and every failed
+    message is in the DLQ, once (exactly-once) or at least once (at-least-once may repeat one
+    after a commit that failed or never came)."""
+    report = pipeline.report()
+    assert_summary_matches_truth(report, truth)
+    assert report["processed"] == truth["count"]
+    letters = pipeline.dead_letters()
+    if guarantee == "exactly-once":
+        assert report["dead_lettered"] == sum(truth["failures"].values())
+        assert_dead_lettered_exactly_once(letters, truth)
+    else:
+        positions = {(letter["original_partition"], letter["original_offset"]) for letter in letters}
+        assert len(positions) == sum(truth["failures"].values())
+
+
 @pytest.fixture
 def scripts(kafka_bootstrap, tmp_path) -> Scripts:
     return Scripts(kafka_bootstrap, tmp_path)

@@ -41,7 +41,9 @@ from orders_dlq.dead_letter import STAGES
 from orders_dlq.errors import ToolFailure, UsageError
 from orders_dlq.fixes import export_record
 from orders_dlq.kafka import reader_config
+from orders_dlq.logs import log
 from orders_dlq.marks import DISCARDED, OPEN, RESOLVED, STATUSES, mark_key
+from orders_dlq.reading import offsets_at, partitions_of, read_range, watermarks
 from orders_dlq.registry import (
     OriginalOrders,
     Registry,
@@ -373,42 +375,15 @@ def export_lines(console: Console, filters: Filters):
     consumer = Consumer(reader_config(settings, f"dlq-console-export-{uuid.uuid4()}"))
     codec = console.reader.codec
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics[topic]
-        starts = []
-        for partition in sorted(metadata.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-            if high > low:
-                starts.append(TopicPartition(topic, partition, low))
-        seek = filters.seek_time
-        if seek and starts:
-            moment = int(seek.timestamp() * 1000)
-            found = consumer.offsets_for_times([TopicPartition(topic, tp.partition, moment) for tp in starts],
-                                               timeout=10)
-            starts = [tp for tp in found if tp.offset >= 0]
-        if not starts:
-            return
-        consumer.assign(starts)
-        pending = {tp.partition for tp in starts}
-        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in starts}
-        quiet_since = time.monotonic()
-        while pending:
-            messages = consumer.consume(500, timeout=0.5)
-            if messages:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since > 60:
-                return  # the broker went quiet: end the file rather than hang the download
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(message.partition())
-                    continue
-                partition = message.partition()
-                if partition not in pending or message.offset() >= ends[partition]:
-                    pending.discard(partition)  # the end as it was when the export began: it ends
-                    continue
-                if message.offset() + 1 >= ends[partition]:
-                    pending.discard(partition)
+        partitions = partitions_of(consumer, topic)
+        bounds = watermarks(consumer, topic, partitions)
+        starts = {p: low for p, (low, _high) in bounds.items()}
+        if filters.seek_time:
+            found = offsets_at(consumer, topic, partitions, filters.seek_time)
+            starts = {p: offset for p, offset in found.items() if offset is not None}
+        ends = {p: high for p, (_low, high) in bounds.items()}
+        try:
+            for message in read_range(consumer, topic, starts, ends):
                 try:
                     record = read_dead_letter(message, codec, topic)
                 except UnreadableRecord:
@@ -418,5 +393,7 @@ def export_lines(console: Console, filters: Filters):
                 if not filters.keeps(status) or not filters.selection.selects(record):
                     continue
                 yield json.dumps(export_record(record, status, key, console.reader.orders)) + "\n"
+        except ToolFailure as exc:
+            log.warning("export from %s ended early: %s", topic, exc)  # the file ends rather than hang
     finally:
         consumer.close()

@@ -13,6 +13,7 @@ from conftest import (
     Scripts,
     a_valid_order,
     assert_dead_lettered_exactly_once,
+    assert_pipeline_exact,
     assert_summary_matches_truth,
     encode_order,
     wait_for,
@@ -93,17 +94,7 @@ def test_scale_out_three_instances_one_killed_report_is_exact(kafka_bootstrap, t
     for survivor in (instances[0], instances[2]):
         assert survivor.wait(180) == 0, survivor.stderr()[-2000:]
 
-    report = pipeline.report()
-    assert_summary_matches_truth(report, truth)
-    assert report["processed"] == truth["count"]
-    letters = pipeline.dead_letters()
-    if guarantee == "exactly-once":
-        assert report["dead_lettered"] == sum(truth["failures"].values())
-        assert_dead_lettered_exactly_once(letters, truth)
-    else:
-        # At-least-once: a dead letter may repeat after a crash, but none is missing.
-        positions = {(letter["original_partition"], letter["original_offset"]) for letter in letters}
-        assert len(positions) == sum(truth["failures"].values())
+    assert_pipeline_exact(pipeline, truth, guarantee)
 
 
 @pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])

@@ -316,11 +316,16 @@ def test_three_brokers_replication_and_node_faults(cluster_factory):
 
 def test_start_when_kafka_bootstrap_servers_names_the_address_it_starts_on(jars, tmp_path):
     """`make kafka-up` with KAFKA_BOOTSTRAP_SERVERS=localhost:<port> exported and nothing there: start it."""
-    port = str(local_kafka.free_port())
     data = tmp_path / "same-address"
-    env = _env(KAFKA_BOOTSTRAP_SERVERS=f"localhost:{port}")
     try:
-        start = run_cli("start", "--port", port, "--data-dir", str(data), env=env)
+        # --port P also takes P+1 (the controller), which free_port() does not check: another
+        # broker of the suite, starting meanwhile, may hold it. Only then is another port tried.
+        for _attempt in range(3):
+            port = str(local_kafka.free_port())
+            env = _env(KAFKA_BOOTSTRAP_SERVERS=f"localhost:{port}")
+            start = run_cli("start", "--port", port, "--data-dir", str(data), env=env)
+            if "already in use by another program" not in start.stderr:
+                break
         assert start.returncode == 0, start
         assert start.stdout.startswith(f"kafka: running at 127.0.0.1:{port} (1 broker, pid "), start
         assert local_kafka.broker_reachable(f"localhost:{port}", 10)

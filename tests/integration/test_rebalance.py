@@ -8,7 +8,7 @@ import re
 import signal
 
 import pytest
-from conftest import Pipeline, Scripts, assert_dead_lettered_exactly_once, assert_summary_matches_truth, wait_for
+from conftest import Pipeline, Scripts, assert_pipeline_exact, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +55,7 @@ def test_instances_join_and_leave_while_orders_flow_and_totals_stay_exact(kafka_
         assert survivor.wait(180) == 0, survivor.stderr()[-3000:]
 
     truth = pipeline.truth()
-    report = pipeline.report()
-    assert_summary_matches_truth(report, truth)
-    assert report["processed"] == truth["count"]
-    letters = pipeline.dead_letters()
-    if guarantee == "exactly-once":
-        assert report["dead_lettered"] == sum(truth["failures"].values())
-        assert_dead_lettered_exactly_once(letters, truth)
-    else:
-        # At-least-once: a dead letter may repeat after a failed commit, but none is missing.
-        positions = {(letter["original_partition"], letter["original_offset"]) for letter in letters}
-        assert len(positions) == sum(truth["failures"].values())
+    assert_pipeline_exact(pipeline, truth, guarantee)
 
     # Incremental: when b and c joined, a gave up some partitions and kept processing the others,
     # instead of revoking all twelve and restoring them again (its last revoke, at exit, keeps none).

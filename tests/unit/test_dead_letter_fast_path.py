@@ -134,3 +134,14 @@ def test_each_text_limit_of_fitting_is_the_fast_ways_limit(field, limit, offset,
         assert fast == general  # fits as it is: the fast way is taken, and writes the same
     else:
         assert fast is None  # fitting would change it: left to the general way
+
+
+def test_in_registry_mode_both_ways_write_the_confluent_header():
+    # frame_dead_letters gives the codec the 5-byte header of the registered dead-letter schema;
+    # the fast way must write it too (it once wrote bare Avro behind a registry-mode consumer).
+    framed = writer()
+    framed.codec.header = bytes((0,)) + (42).to_bytes(4, "big")
+    message, order, error, failed_by = _failure_with("reason", "price must be positive: -1.00")
+    fast = framed.encode_plain_failure(message, order, "validate", error, str(error), 0, failed_by, TIMESTAMP)
+    assert fast is not None and fast[1].startswith(framed.codec.header)
+    assert fast == general_way(framed, message, order, "validate", error, 0, failed_by)
