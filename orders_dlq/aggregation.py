@@ -173,8 +173,8 @@ class OrderAggregator:
         self.run_dead_lettered = 0
         self.commit_failures = 0
         self.reseek = False  # set when kept partitions were rolled back during a rebalance
-        # Exactly-once: the commit running on its own thread while the loop goes on, and the
-        # failures met meanwhile (their dead letters belong to the next transaction).
+        # The commit running on its own thread while the loop goes on, and the failures met
+        # meanwhile (their dead letters are sent once it ended: in the next transaction).
         self.committing: CommitJob | None = None
         self.held: list[tuple[PartitionState, object, Failure]] = []
         self.hold_commits_until = 0.0  # monotonic time; see _on_revoke
