@@ -152,8 +152,11 @@ def test_a_transaction_that_outlives_its_timeout_is_redone_by_a_new_producer_not
         pipeline: Pipeline, caplog):
     pipeline.scripts.json("producer.py", "--count", 400, "--bad-ratio", 0.3, "--seed", 47)
     settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
+    # One unit for the whole topic (commit interval 60 s): the stall happens inside an open
+    # transaction that holds dead letters. With 100 ms units it may fall while a commit is in
+    # flight on its thread, when no transaction is open on the coordinator and none can time out.
     engine = SlowOnceAggregator(settings, group=pipeline.group, state_topic=pipeline.state_topic,
-                                guarantee="exactly-once", batch_size=100,
+                                guarantee="exactly-once", batch_size=100, commit_interval=60.0,
                                 retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
 
     engine.run(idle_timeout=3)
