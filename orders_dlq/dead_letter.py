@@ -83,9 +83,14 @@ MAX_TEXT = 2000
 MAX_STACKTRACE = 8000
 
 
+def fits_as_is(value, limit: int) -> bool:
+    """Whether fit_text(value, limit) is value itself, cheaply: an ASCII str at most `limit` long."""
+    return type(value) is str and len(value) <= limit and value.isascii()
+
+
 def fit_text(value, limit: int = MAX_TEXT) -> str:
     """Any value as a str that encodes to UTF-8 (lone surrogates escaped) and is at most `limit` long."""
-    if type(value) is str and len(value) <= limit and value.isascii():
+    if fits_as_is(value, limit):
         return value  # the common case, without encoding it once only to check
     if not isinstance(value, str):
         try:

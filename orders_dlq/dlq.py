@@ -19,6 +19,7 @@ from orders_dlq.dead_letter import (
     FORMAT_HEADER,
     INT_MAX,
     MAX_TEXT,
+    STAGES,
     DeadLetter,
     DeadLetterCodec,
     context_headers,
@@ -26,6 +27,7 @@ from orders_dlq.dead_letter import (
     error_text,
     fit_price,
     fit_text,
+    fits_as_is,
     replay_count_of,
     utc_now_iso,
 )
@@ -63,12 +65,7 @@ BATCH_OVERHEAD_BYTES = 1024
 CONTEXT_HEADERS_BOUND = 64 * 1024
 
 
-_STAGES_PLAIN = frozenset(("produce", "deserialize", "validate", "process"))
-
-
-def _plain_text(value, limit: int) -> bool:
-    """A str that fit_text() would leave as it is, cheaply: ASCII and short."""
-    return type(value) is str and len(value) <= limit and value.isascii()
+_STAGES = frozenset(STAGES)
 
 
 def message_size(key: bytes | None, value: bytes | None, headers: list) -> int:
@@ -240,11 +237,10 @@ class DeadLetterProducer:
             self.send(dead_letter, on_delivery)
         return reason
 
-    def _send_plain_failure(self, message, order, stage, error, reason, retries, failed_by, on_delivery,
-                            error_timestamp: str | None = None) -> bool:
+    def _send_plain_failure(self, message, order, stage, error, reason, retries, failed_by, on_delivery) -> bool:
         """send_failure()'s fast way; False (nothing sent) when the message needs the general one."""
         encoded = self.encode_plain_failure(message, order, stage, error, reason, retries, failed_by,
-                                            error_timestamp or utc_now_iso())
+                                            utc_now_iso())
         if encoded is None:
             return False
         key, value, headers = encoded
@@ -265,8 +261,8 @@ class DeadLetterProducer:
         error_type = type(error).__name__
         topic = message.topic()
         if not (type(reason) is str and len(reason) <= MAX_TEXT and reason.isascii()
-                and _plain_text(error_type, 200) and _plain_text(topic, 300) and _plain_text(failed_by, 300)
-                and _plain_text(error_timestamp, 100) and stage in _STAGES_PLAIN
+                and fits_as_is(error_type, 200) and fits_as_is(topic, 300) and fits_as_is(failed_by, 300)
+                and fits_as_is(error_timestamp, 100) and stage in _STAGES
                 and type(retries) is int and 0 <= retries <= INT_MAX):
             return None
         try:
@@ -275,7 +271,7 @@ class DeadLetterProducer:
             return None
         if headers:
             for name, value in headers:
-                if (not _plain_text(name, 1000) or name.startswith(ERROR_HEADER_PREFIXES)
+                if (not fits_as_is(name, 1000) or name.startswith(ERROR_HEADER_PREFIXES)
                         or not (value is None or type(value) is bytes)):
                     return None
         else:
@@ -283,7 +279,7 @@ class DeadLetterProducer:
         order_id = product = price = None
         if order:
             order_id, product, price = order.get("order_id"), order.get("product"), order.get("price")
-            if not ((order_id is None or _plain_text(order_id, 200)) and (product is None or _plain_text(product, 200))
+            if not ((order_id is None or fits_as_is(order_id, 200)) and (product is None or fits_as_is(product, 200))
                     and (price is None or fit_price(price) is price)):
                 return None
         partition, offset = message.partition(), message.offset()
