@@ -259,51 +259,58 @@ class OrderAggregator:
         last_commit = self.last_activity = time.monotonic()
         finishing = 0.0  # how long ending the last commit held the loop (see --latency's commit_ms)
         try:
-            while not self.stop:
-                if self.committing is not None and (self.committing.done() or len(self.held) >= self.batch_size):
-                    began = time.monotonic()
-                    self._finish_commit()
-                    finishing = time.monotonic() - began
-                budget = self.batch_size
-                if max_messages is not None:
-                    budget = min(budget, max_messages - self.run_processed - self.run_dead_lettered - len(self.held))
-                    if budget <= 0:
+            while True:
+                while not self.stop:
+                    if self.committing is not None and (self.committing.done() or len(self.held) >= self.batch_size):
+                        began = time.monotonic()
+                        self._finish_commit()
+                        finishing = time.monotonic() - began
+                    budget = self.batch_size
+                    if max_messages is not None:
+                        budget = min(budget, max_messages - self.run_processed - self.run_dead_lettered - len(self.held))
+                        if budget <= 0:
+                            break
+                    # consume(n, timeout) waits until it has n messages or the timeout passed: take what
+                    # is there at once, and block (0.2 s at most) only for the first message when none is.
+                    messages = self.consumer.consume(budget, timeout=0) or self.consumer.consume(1, timeout=0.2)
+                    if self.reseek:
+                        # A commit failed inside an incremental rebalance: the partitions kept were
+                        # rolled back, so what was fetched for them before belongs to the undone unit.
+                        self.reseek = False
+                        self._seek_to_committed()
+                        messages = []
+                    now = time.monotonic()
+                    if messages:
+                        self.last_activity = now
+                        try:
+                            for message in messages:
+                                self._handle(message)
+                        except (KafkaException, BufferError) as exc:
+                            # A dead letter could not even be queued (the transaction failed under
+                            # it): undo the unit, the rest of the batch included, and redo it later.
+                            self._rollback(exc, in_rebalance=False)
+                    elif idle_timeout is not None and self._idle_for(now, idle_timeout):
                         break
-                # consume(n, timeout) waits until it has n messages or the timeout passed: take what
-                # is there at once, and block (0.2 s at most) only for the first message when none is.
-                messages = self.consumer.consume(budget, timeout=0) or self.consumer.consume(1, timeout=0.2)
-                if self.reseek:
-                    # A commit failed inside an incremental rebalance: the partitions kept were
-                    # rolled back, so what was fetched for them before belongs to the undone unit.
-                    self.reseek = False
-                    self._seek_to_committed()
-                    messages = []
-                now = time.monotonic()
-                if messages:
-                    self.last_activity = now
-                    try:
-                        for message in messages:
-                            self._handle(message)
-                    except (KafkaException, BufferError) as exc:
-                        # A dead letter could not even be queued (the transaction failed under
-                        # it): undo the unit, the rest of the batch included, and redo it later.
-                        self._rollback(exc, in_rebalance=False)
-                elif idle_timeout is not None and self._idle_for(now, idle_timeout):
+                    if now - last_commit >= self.commit_interval and self.committing is None:
+                        pending = bool(self.dirty)
+                        began = time.monotonic()
+                        self._commit_in_background()
+                        last_commit = time.monotonic()
+                        if pending and self.commit_times is not None:
+                            # What a commit cycle kept the loop from consuming: starting this one (the
+                            # states written), and ending the one before (its held dead letters sent).
+                            self.commit_times.add((last_commit - began + finishing) * 1000)
+                        finishing = 0.0
+                    if on_batch:
+                        on_batch(self)
+                self.hold_commits_until = 0.0  # the last commit is not put off (see _on_revoke)
+                if self.commit() or self.stop or self.failed or self.commit_failures > 1:
                     break
-                if now - last_commit >= self.commit_interval and self.committing is None:
-                    pending = bool(self.dirty)
-                    began = time.monotonic()
-                    self._commit_in_background()
-                    last_commit = time.monotonic()
-                    if pending and self.commit_times is not None:
-                        # What a commit cycle kept the loop from consuming: starting this one (the
-                        # states written), and ending the one before (its held dead letters sent).
-                        self.commit_times.add((last_commit - began + finishing) * 1000)
-                    finishing = 0.0
-                if on_batch:
-                    on_batch(self)
-            self.hold_commits_until = 0.0  # the last commit is not put off (see _on_revoke)
-            self.commit()
+                # The last commit failed (a transaction Kafka ended while the run stood idle, a
+                # broker that went away): its unit was rolled back and is redone before stopping,
+                # once. Failing again ends the run with that unit uncommitted, not lost: the next
+                # run redoes it from the committed offsets.
+                log.info("the last commit failed: redoing its unit before stopping")
             return self.totals()
         finally:
             self.close()

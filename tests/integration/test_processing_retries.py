@@ -133,6 +133,11 @@ def test_a_bug_of_ours_outside_processing_is_dead_lettered_as_process_and_the_ru
     assert sum("BUG: handling" in record.getMessage() for record in caplog.records) == caramel
 
 
+# The aggregator's transaction.timeout.ms (15 s), the test broker's check for expired
+# transactions (2 s), and a margin.
+TRANSACTION_OUTLIVED_SECONDS = 20
+
+
 class SlowOnceAggregator(OrderAggregator):
     """One order takes longer than transaction.timeout.ms (15 s) to process: a slow downstream call."""
 
@@ -143,8 +148,9 @@ class SlowOnceAggregator(OrderAggregator):
     def process_order(self, aggregate, order):
         self.seen += 1
         if self.seen == 150:
-            # Longer than the timeout plus the coordinator's 10 s check for expired transactions.
-            time.sleep(30)
+            # Longer than the timeout plus the coordinator's check for expired transactions (every
+            # 2 s on the test broker, 10 s by default).
+            time.sleep(TRANSACTION_OUTLIVED_SECONDS)
         super().process_order(aggregate, order)
 
 
@@ -165,5 +171,43 @@ def test_a_transaction_that_outlives_its_timeout_is_redone_by_a_new_producer_not
     assert any("Kafka ended the open transaction" in m for m in messages), messages[-20:]
     assert not any("another instance" in m for m in messages)
     truth = pipeline.truth()
+    assert_summary_matches_truth(pipeline.report(), truth)
+    assert_dead_lettered_exactly_once(pipeline.dead_letters(), truth)
+
+
+class StallsWhenIdleAggregator(OrderAggregator):
+    """The run stands idle for longer than its transaction may stay open, right before it stops:
+    the unit of work is all done, yet Kafka has already ended the transaction that holds it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stalled = False
+
+    def _idle_for(self, now, idle_timeout):
+        idle = super()._idle_for(now, idle_timeout)
+        if idle and not self.stalled:
+            self.stalled = True
+            time.sleep(TRANSACTION_OUTLIVED_SECONDS)
+        return idle
+
+
+def test_a_last_commit_that_finds_its_transaction_ended_redoes_the_unit_before_the_run_stops(
+        pipeline: Pipeline, caplog):
+    pipeline.scripts.json("producer.py", "--count", 300, "--bad-ratio", 0.3, "--seed", 53)
+    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
+    # One unit for the whole run: everything is in the transaction that times out.
+    engine = StallsWhenIdleAggregator(settings, group=pipeline.group, state_topic=pipeline.state_topic,
+                                      guarantee="exactly-once", batch_size=100, commit_interval=60.0,
+                                      retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
+
+    totals = engine.run(idle_timeout=2)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert engine.stalled
+    assert any("Kafka ended the open transaction" in m for m in messages), messages[-20:]
+    assert any("the last commit failed: redoing its unit" in m for m in messages), messages[-20:]
+    truth = pipeline.truth()
+    # What the run returns is what it committed: the redone unit, not the rolled-back one.
+    assert totals.processed == truth["count"]
     assert_summary_matches_truth(pipeline.report(), truth)
     assert_dead_lettered_exactly_once(pipeline.dead_letters(), truth)
