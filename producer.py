@@ -58,7 +58,7 @@ def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: in
     kinds = {"valid": 0, "invalid": 0, "poison": 0}
     started = time.monotonic()
     produced = 0
-    draw, good, encode, send = generator.random.random, generator.good_fields, codec.encode_fields, sender.send
+    draw, good, encode, send = generator.random.random, generator.good_keyed, codec.encode_keyed, sender.send
     for produced in range(1, count + 1):
         if stop:
             produced -= 1
@@ -71,10 +71,10 @@ def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: in
         chance = draw()
         if chance >= poison_ratio + bad_ratio:
             fields = good()
-            send(fields[0].encode(), encode(*fields))
+            send(fields[0], encode(*fields))
         elif chance < poison_ratio:
             kinds["poison"] += 1
-            send(generator.order_id().encode(), generator.poison())
+            send(generator.order_id_bytes(), generator.poison())
         else:
             kinds["invalid"] += 1
             order = generator.bad()

@@ -291,7 +291,12 @@ class OrderCodec(AvroCodec):
         if not self.fast:
             return self.header + super().encode({"order_id": order_id, "product": product, "price": price,
                                                  "created_at": created_at})
-        order_id_bytes = order_id.encode()
+        return self.encode_keyed(order_id.encode(), product, price, created_at)
+
+    def encode_keyed(self, order_id_bytes: bytes, product: str, price, created_at: int) -> bytes:
+        """encode_fields() with the order id already UTF-8 bytes (the message key it is sent with)."""
+        if not self.fast:
+            return self.encode_fields(order_id_bytes.decode(), product, price, created_at)
         product_bytes = self._products.get(product)
         if product_bytes is None:
             product_bytes = avro_length(len(product.encode())) + product.encode()

@@ -51,8 +51,31 @@ def validate(order: dict, products: frozenset[str] = frozenset(CATALOGUE)) -> No
 
 ORDER_FIELDS = ("order_id", "product", "price", "created_at")
 # The version and variant bits of a version-4 UUID: cleared, then set.
-_UUID4_CLEAR = ~(0xC000 << 48 | 0xF000 << 64)
-_UUID4_SET = 0x8000 << 48 | 0x4000 << 64
+# Order ids are made ORDER_ID_BLOCK at a time, with a few C-level operations on the whole block
+# instead of formatting each UUID in Python (2.3 us each, a sixth of producer.py's time per order).
+ORDER_ID_BLOCK = 512
+# Where hex digit j of the 32 lands in the 36-character 8-4-4-4-12 form.
+_UUID_COLUMNS = tuple(j + (j >= 8) + (j >= 12) + (j >= 16) + (j >= 20) for j in range(32))
+# Version 4: the 13th digit is "4"; RFC 4122 variant: the 17th digit's top bits are 10 (8, 9, a, b).
+_UUID_VARIANT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+
+
+def uuid4_block(rng: random.Random, count: int) -> list[bytes]:
+    """`count` random version-4 UUIDs in their canonical text form, as ASCII bytes, in the reverse
+    of the order they were drawn (for pop()). Each one is str(uuid.UUID(bytes=b, version=4)) of
+    the next 16 bytes b that rng.randbytes draws."""
+    digits = rng.randbytes(16 * count).hex().encode()
+    text = bytearray(36 * count)
+    for digit, column in enumerate(_UUID_COLUMNS):
+        text[column::36] = digits[digit::32]
+    for dash in (8, 13, 18, 23):
+        text[dash::36] = b"-" * count
+    text[14::36] = b"4" * count
+    text[19::36] = digits[16::32].translate(_UUID_VARIANT)
+    block = bytes(text)
+    return [block[start:start + 36] for start in range(36 * (count - 1), -1, -36)]
+
+
 # Every price the generator draws, made once: Decimal arithmetic per order costs more than sending it.
 _PRICES = tuple(Decimal(cents).scaleb(-2) for cents in range(50, 5001))
 
@@ -63,20 +86,31 @@ class OrderGenerator:
     def __init__(self, seed: int | None = None, products: tuple[str, ...] = CATALOGUE):
         self.random = random.Random(seed)
         self.products = products
+        self._order_ids: list[bytes] = []
+
+    def order_id_bytes(self) -> bytes:
+        """A random version-4 UUID as ASCII bytes: an order's id as its message key carries it."""
+        if not self._order_ids:
+            self._order_ids = uuid4_block(self.random, ORDER_ID_BLOCK)
+        return self._order_ids.pop()
 
     def order_id(self) -> str:
-        """A random version-4 UUID string, the same one uuid.UUID(int=bits, version=4) gives, 4x faster."""
-        text = "%032x" % (self.random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
-        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        """A random version-4 UUID string."""
+        return self.order_id_bytes().decode()
 
     def good(self) -> dict:
         return dict(zip(ORDER_FIELDS, self.good_fields(), strict=True))
 
     def good_fields(self) -> tuple[str, str, Decimal, int]:
-        """A valid order as (order_id, product, price, created_at), the producer's fast path."""
+        """A valid order as (order_id, product, price, created_at)."""
+        key, product, price, created_at = self.good_keyed()
+        return key.decode(), product, price, created_at
+
+    def good_keyed(self) -> tuple[bytes, str, Decimal, int]:
+        """good_fields() with the order id as ASCII bytes, the message key: the producer's fast path."""
         draw = self.random.random
         # Prices between 0.50 and 50.00 in whole cents: exact in decimal, not in binary floats.
-        return (self.order_id(),
+        return (self.order_id_bytes(),
                 self.products[int(draw() * len(self.products))],  # choice() costs 3x more
                 _PRICES[int(draw() * 4951)],  # 0.50..50.00; randint costs 3x more
                 time.time_ns() // 1000)

@@ -20,7 +20,7 @@ from orders_dlq.codec import (
     order_codec,
     read_order,
 )
-from orders_dlq.orders import OrderGenerator
+from orders_dlq.orders import ORDER_ID_BLOCK, OrderGenerator
 
 FAST = order_codec()
 REFERENCE = AvroCodec(ORDER_SCHEMA_FILE)  # the generic fastavro path
@@ -60,13 +60,37 @@ def test_more_than_two_decimal_places_is_refused_like_fastavro():
 
 
 def test_generated_order_ids_are_the_uuid_modules_version_4_ids():
+    # Made a block at a time from the generator's random bytes: each id is what the uuid module
+    # makes of the same 16 bytes, in the order they were drawn, across block boundaries too.
     rng = random.Random(3)
-    for _ in range(2000):
+    for _ in range(20):
         seed = rng.getrandbits(64)
         generator = OrderGenerator(seed)
-        expected = str(uuid.UUID(int=random.Random(seed).getrandbits(128), version=4))
-        assert generator.order_id() == expected
-        assert uuid.UUID(expected).version == 4
+        reference = random.Random(seed)
+        for _ in range(2):
+            drawn = reference.randbytes(16 * ORDER_ID_BLOCK)
+            for start in range(0, len(drawn), 16):
+                expected = str(uuid.UUID(bytes=drawn[start:start + 16], version=4))
+                assert generator.order_id() == expected
+                assert uuid.UUID(expected).version == 4
+
+
+def test_every_generated_order_id_is_a_canonical_version_4_uuid_and_they_do_not_repeat():
+    generator = OrderGenerator(5)
+    ids = [generator.order_id_bytes() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    for key in ids:
+        parsed = uuid.UUID(key.decode())
+        assert str(parsed).encode() == key
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_the_keyed_encoding_equals_the_encoding_of_the_text_id():
+    generator = OrderGenerator(9)
+    for _ in range(500):
+        key, product, price, created_at = generator.good_keyed()
+        assert FAST.encode_keyed(key, product, price, created_at) == REFERENCE.encode(
+            {"order_id": key.decode(), "product": product, "price": price, "created_at": created_at})
 
 
 @settings(max_examples=200, deadline=None)
