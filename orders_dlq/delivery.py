@@ -25,8 +25,6 @@ UNREACHABLE_ERRORS = {KafkaError._MSG_TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, K
 # Failures are handed on (to the spool, durably) in batches of this many, or at every service()
 # call: memory holds at most one batch, whatever the count and however long the outage.
 FAILURE_BATCH = 500
-# produce() calls between two polls for delivery reports; far below the queue (100,000 messages).
-POLL_EVERY = 64
 
 
 class OrderSender:
@@ -67,7 +65,7 @@ class OrderSender:
         self.attempts += 1
         # Delivery reports are failures only (see above): serving them every POLL_EVERY orders is
         # enough, and a poll() per order cost a tenth of the producer's time.
-        if not self.attempts % POLL_EVERY:
+        if not self.attempts % transactions.POLL_EVERY:
             self.producer.poll(0)
 
     def _on_delivery(self, error, message) -> None:

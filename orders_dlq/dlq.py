@@ -127,6 +127,8 @@ class DeadLetterProducer:
         self.format = settings.dlq_format
         self.instance = origin or f"{socket.gethostname()}:{os.getpid()}"
         self.cluster_id: str | None = None  # the cluster this producer talks to, once it answered
+        self._unpolled = 0  # messages produced since the last poll() (see _produce)
+        self._reporting: tuple = (None, None)  # the last listener and its delivery callback
 
     def cluster(self, timeout: float = 10.0) -> tuple[str | None, set[str]]:
         """The cluster's id and its topics, from metadata (raises KafkaException when it does not answer)."""
@@ -302,11 +304,13 @@ class DeadLetterProducer:
     def _delivery_callback(self, on_delivery):
         if on_delivery is None:
             return self._learn_from_delivery
+        if self._reporting[0] is not on_delivery:  # one function per listener, not per dead letter
 
-        def report(error, message):
-            self._learn_from_delivery(error, message)
-            on_delivery(error, message)
-        return report
+            def report(error, message):
+                self._learn_from_delivery(error, message)
+                on_delivery(error, message)
+            self._reporting = (on_delivery, report)
+        return self._reporting[1]
 
     def _learn_from_delivery(self, error, message) -> None:
         """A broker that refused a dead letter as too large (the topic's max.message.bytes is below
@@ -326,7 +330,18 @@ class DeadLetterProducer:
             self.permanent_error = permanent_error_sentence(error, self.topic)
 
     def _produce(self, topic, key, value, headers, on_delivery) -> None:
-        transactions.produce(self.producer, topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+        try:
+            self.producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+        except BufferError:
+            # The local queue is full: wait for room (delivery reports free it).
+            transactions.produce(self.producer, topic, value=value, key=key, headers=headers,
+                                 on_delivery=on_delivery)
+        # Delivery reports are served every POLL_EVERY messages, and in full by every flush (each
+        # commit, each confirmed send): a poll() per dead letter was a twentieth of a flood's cost.
+        self._unpolled += 1
+        if self._unpolled >= transactions.POLL_EVERY:
+            self._unpolled = 0
+            self.producer.poll(0)
 
     def send_confirmed(self, dead_letters: list[DeadLetter]) -> SendResult:
         """Deliver and wait for the acknowledgements; what fails is spooled (or an error without a spool)."""

@@ -19,6 +19,9 @@ from confluent_kafka import KafkaException, Producer
 from orders_dlq.errors import ToolFailure
 from orders_dlq.logs import log
 
+# produce() calls between two polls for delivery reports, where a poll per message is not needed
+# (reports of failures only, or a flush to come); far below the queue (100,000 messages).
+POLL_EVERY = 64
 # Each transactional call waits this long for the coordinator before it is tried again.
 CALL_TIMEOUT = 30.0
 
