@@ -267,7 +267,8 @@ class OrderAggregator:
                         finishing = time.monotonic() - began
                     budget = self.batch_size
                     if max_messages is not None:
-                        budget = min(budget, max_messages - self.run_processed - self.run_dead_lettered - len(self.held))
+                        handled = self.run_processed + self.run_dead_lettered + len(self.held)
+                        budget = min(budget, max_messages - handled)
                         if budget <= 0:
                             break
                     # consume(n, timeout) waits until it has n messages or the timeout passed: take what

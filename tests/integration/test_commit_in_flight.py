@@ -50,8 +50,8 @@ class CommitFailsWhileHoldingAggregator(OrderAggregator):
 
 
 @pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
-def test_a_commit_that_fails_while_failures_are_held_redoes_them_and_the_totals_stay_exact(pipeline: Pipeline, guarantee,
-                                                                               caplog):
+def test_a_commit_that_fails_while_failures_are_held_redoes_them_and_the_totals_stay_exact(
+        pipeline: Pipeline, guarantee, caplog):
     pipeline.scripts.json("producer.py", "--count", 4000, "--bad-ratio", 0.2, "--poison-ratio", 0.1,
                           "--seed", 61)
     settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)

@@ -154,16 +154,20 @@ class SlowOnceAggregator(OrderAggregator):
         super().process_order(aggregate, order)
 
 
+def one_unit_engine(engine_class: type[OrderAggregator], pipeline: Pipeline) -> OrderAggregator:
+    """An exactly-once engine whose unit of work is the whole topic (commit interval 60 s): a stall
+    always falls inside the open transaction that holds its dead letters. (With 100 ms units it may
+    fall while a commit is in flight on its thread, when no transaction is open and none can time out.)"""
+    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
+    return engine_class(settings, group=pipeline.group, state_topic=pipeline.state_topic,
+                        guarantee="exactly-once", batch_size=100, commit_interval=60.0,
+                        retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
+
+
 def test_a_transaction_that_outlives_its_timeout_is_redone_by_a_new_producer_not_blamed_on_another_instance(
         pipeline: Pipeline, caplog):
     pipeline.scripts.json("producer.py", "--count", 400, "--bad-ratio", 0.3, "--seed", 47)
-    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
-    # One unit for the whole topic (commit interval 60 s): the stall happens inside an open
-    # transaction that holds dead letters. With 100 ms units it may fall while a commit is in
-    # flight on its thread, when no transaction is open on the coordinator and none can time out.
-    engine = SlowOnceAggregator(settings, group=pipeline.group, state_topic=pipeline.state_topic,
-                                guarantee="exactly-once", batch_size=100, commit_interval=60.0,
-                                retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
+    engine = one_unit_engine(SlowOnceAggregator, pipeline)
 
     engine.run(idle_timeout=3)
 
@@ -194,11 +198,7 @@ class StallsWhenIdleAggregator(OrderAggregator):
 def test_a_last_commit_that_finds_its_transaction_ended_redoes_the_unit_before_the_run_stops(
         pipeline: Pipeline, caplog):
     pipeline.scripts.json("producer.py", "--count", 300, "--bad-ratio", 0.3, "--seed", 53)
-    settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
-    # One unit for the whole run: everything is in the transaction that times out.
-    engine = StallsWhenIdleAggregator(settings, group=pipeline.group, state_topic=pipeline.state_topic,
-                                      guarantee="exactly-once", batch_size=100, commit_interval=60.0,
-                                      retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
+    engine = one_unit_engine(StallsWhenIdleAggregator, pipeline)  # everything is in the transaction that ends
 
     totals = engine.run(idle_timeout=2)
 

@@ -1,5 +1,6 @@
-"""Instances join and leave a 12-partition group while orders flow: incremental (cooperative)
-rebalancing moves only the partitions that change owner, and the totals stay exact."""
+"""Instances join and leave a 12-partition group while orders flow: incremental rebalancing
+(cooperative, or the KIP-848 protocol) moves only the partitions that change owner, and the totals
+stay exact."""
 
 from __future__ import annotations
 
@@ -21,8 +22,15 @@ def assigned_count(stderr: str) -> int:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
-def test_instances_join_and_leave_while_orders_flow_and_totals_stay_exact(kafka_bootstrap, tmp_path, guarantee):
+@pytest.mark.parametrize(("guarantee", "protocol"), [
+    ("exactly-once", ()),
+    ("at-least-once", ()),
+    # KIP-848 (GA in Kafka 4): the broker computes each member's target assignment and every
+    # member reconciles on its own; the rebalance callbacks add and remove partitions.
+    ("exactly-once", ("-X", "group.protocol=consumer")),
+], ids=["exactly-once", "at-least-once", "exactly-once-kip848"])
+def test_instances_join_and_leave_while_orders_flow_and_totals_stay_exact(kafka_bootstrap, tmp_path, guarantee,
+                                                                         protocol):
     scripts = Scripts(kafka_bootstrap, tmp_path)
     pipeline = Pipeline(kafka_bootstrap, scripts, partitions=12)
     pipeline.setup()
@@ -32,7 +40,7 @@ def test_instances_join_and_leave_while_orders_flow_and_totals_stay_exact(kafka_
 
     def instance(name: str):
         return scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--instance-id", name,
-                             "--guarantee", guarantee, "--idle-timeout", 6, *CONSUMER_ARGS, name=name)
+                             "--guarantee", guarantee, "--idle-timeout", 6, *CONSUMER_ARGS, *protocol, name=name)
 
     first = instance("a")
     wait_for(lambda: "assigned " in first.stderr() or not first.running(), 60, "the first instance's partitions")
