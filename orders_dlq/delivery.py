@@ -43,6 +43,7 @@ class OrderSender:
             "delivery.report.only.error": True,
             "on_delivery": self._on_delivery,
         })
+        self._produce = self.producer.produce  # looked up once: send() runs for every order
         self.topic = topic
         self.codec = codec
         self.client_id = client_id
@@ -57,7 +58,7 @@ class OrderSender:
     def send(self, key: bytes, value: bytes) -> None:
         """Hand one order to librdkafka (and serve delivery reports); the report decides success."""
         try:
-            self.producer.produce(self.topic, value, key)
+            self._produce(self.topic, value, key)
         except BufferError:
             # librdkafka's queue is full: wait for room, and hand failures reported meanwhile on at once.
             transactions.produce(self.producer, self.topic, value=value, key=key, full_wait=0.05,
