@@ -183,6 +183,10 @@ class Registry:
                               f"for {subject}: {exc}") from None
 
 
+# OrderCodec's ways to write an order (a record, its fields, its fields with the id as bytes).
+ORDER_ENCODERS = ("encode", "encode_fields", "encode_keyed")
+
+
 class RegistryOrderCodec:
     """Orders in the Confluent wire format: the order codec's body behind a 5-byte header."""
 
@@ -196,19 +200,20 @@ class RegistryOrderCodec:
         self._writers: dict[int, object] = {}  # schema id -> parsed writer schema (None: same as ours)
         self._unknown: set[int] = set()  # ids the registry said it does not have (a poison flood asks once)
         self._canonical = json.dumps(self.schema, sort_keys=True)
+        for name in ORDER_ENCODERS:
+            setattr(self, name, self._unregistered)
 
     def register(self) -> int:
         schema_id = self.registry.register_order_schema(self.topic, self.local)
-        # The order codec writes the header in the same join as the body (its decoding ignores it).
+        # The order codec writes the header in the same join as the body (its decoding ignores it):
+        # every one of its encoders is then this codec's, header included.
         self.local.header = confluent_header(schema_id)
-        self.encode = self.local.encode
-        self.encode_fields = self.local.encode_fields
+        for name in ORDER_ENCODERS:
+            setattr(self, name, getattr(self.local, name))
         return schema_id
 
-    def encode(self, record: dict) -> bytes:
-        raise RuntimeError("register() first: the header needs the registry's schema id")
-
-    def encode_fields(self, order_id: str, product: str, price, created_at: int) -> bytes:
+    @staticmethod
+    def _unregistered(*_args, **_kwargs) -> bytes:
         raise RuntimeError("register() first: the header needs the registry's schema id")
 
     def decode(self, data: bytes | None) -> dict:

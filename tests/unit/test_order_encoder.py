@@ -163,3 +163,28 @@ def test_a_reason_from_the_hand_written_reader_is_a_failure_of_fastavro_too(data
         with pytest.raises(DecodeError) as info:
             FAST.decode(data)
         assert str(info.value) == (outcome if data else "empty value")
+
+
+def test_registry_mode_frames_every_way_the_order_codec_writes_an_order():
+    # producer.py picks an encoder by name; in registry mode each must carry the 5-byte header.
+    from orders_dlq.codec import OrderCodec
+    from orders_dlq.registry import ORDER_ENCODERS, RegistryOrderCodec, confluent_header
+
+    assert {name for name in dir(OrderCodec) if name.startswith("encode")} == set(ORDER_ENCODERS)
+
+    class OneSchemaRegistry:  # the id a registry answers; what it stores is tested against the real one
+        def register_order_schema(self, topic, codec):
+            return 42
+
+    codec = RegistryOrderCodec(OneSchemaRegistry(), "orders", local=order_codec())
+    generator = OrderGenerator(4)
+    key, product, price, created_at = generator.good_keyed()
+    with pytest.raises(RuntimeError, match="register"):
+        codec.encode_keyed(key, product, price, created_at)
+    codec.register()
+    body = REFERENCE.encode({"order_id": key.decode(), "product": product, "price": price, "created_at": created_at})
+    framed = confluent_header(42) + body
+    assert codec.encode_keyed(key, product, price, created_at) == framed
+    assert codec.encode_fields(key.decode(), product, price, created_at) == framed
+    assert codec.encode({"order_id": key.decode(), "product": product, "price": price,
+                         "created_at": created_at}) == framed
