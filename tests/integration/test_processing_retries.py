@@ -6,6 +6,7 @@ that fails the way a flaky downstream service would.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 
@@ -197,6 +198,7 @@ class StallsWhenIdleAggregator(OrderAggregator):
 
 def test_a_last_commit_that_finds_its_transaction_ended_redoes_the_unit_before_the_run_stops(
         pipeline: Pipeline, caplog):
+    caplog.set_level(logging.INFO, logger="orders_dlq")  # the redo is said at INFO
     pipeline.scripts.json("producer.py", "--count", 300, "--bad-ratio", 0.3, "--seed", 53)
     engine = one_unit_engine(StallsWhenIdleAggregator, pipeline)  # everything is in the transaction that ends
 
