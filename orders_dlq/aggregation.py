@@ -605,6 +605,13 @@ class OrderAggregator:
         except KafkaException as exc:
             self._fail(f"cannot start a new transactional producer to replace the last one: {exc.args[0].str()}")
         self.producer.begin_transaction()
+        if not self.commit_failures:
+            # init_transactions() retries until Kafka answers, so this may have waited out a whole
+            # outage (from a lost-partitions callback): that is not idleness. Kafka is back and the
+            # group is handing partitions out again; an --idle-timeout run that stopped now would
+            # leave in the middle of its join a member that holds partitions until its session
+            # expires, and nobody processes them meanwhile (seen after a 200 s outage).
+            self.last_activity = time.monotonic()
 
     def _fail(self, reason: str):
         """Stop for good: nothing of the open unit is committed, not even by the revoke on close."""
