@@ -330,12 +330,8 @@ class DeadLetterProducer:
             self.permanent_error = permanent_error_sentence(error, self.topic)
 
     def _produce(self, topic, key, value, headers, on_delivery) -> None:
-        try:
-            self.producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
-        except BufferError:
-            # The local queue is full: wait for room (delivery reports free it).
-            transactions.produce(self.producer, topic, value=value, key=key, headers=headers,
-                                 on_delivery=on_delivery)
+        transactions.produce(self.producer, topic, value=value, key=key, headers=headers,
+                             on_delivery=on_delivery, poll=False)
         # Delivery reports are served every POLL_EVERY messages, and in full by every flush (each
         # commit, each confirmed send): a poll() per dead letter was a twentieth of a flood's cost.
         self._unpolled += 1

@@ -27,8 +27,9 @@ CALL_TIMEOUT = 30.0
 
 
 def produce(producer: Producer, topic: str, *, full_wait: float = 0.1,
-            on_full: Callable[[], None] | None = None, **message) -> None:
-    """producer.produce(topic, **message), waiting for room while the local queue is full.
+            on_full: Callable[[], None] | None = None, poll: bool = True, **message) -> None:
+    """producer.produce(topic, **message), waiting for room while the local queue is full, then
+    poll(0) for delivery reports unless the caller serves them itself (`poll`=False).
 
     `on_full` runs after each wait (the order producer hands its failures on there)."""
     while True:
@@ -41,7 +42,8 @@ def produce(producer: Producer, topic: str, *, full_wait: float = 0.1,
             producer.poll(full_wait)
             if on_full is not None:
                 on_full()
-    producer.poll(0)
+    if poll:
+        producer.poll(0)
 
 
 class DeliveryErrors:
