@@ -55,6 +55,8 @@ MAX_RETRY_SECONDS = 60.0
 # With --idle-timeout, how long an instance without partitions waits before it gives up: longer
 # than a rebalance that waits for a dead member's session (10 s) to expire.
 UNASSIGNED_GRACE_SECONDS = 30.0
+# consume() taking longer than this (its own wait is 0.2 s) was held by a rebalance callback.
+BLOCKED_CONSUME_SECONDS = 2.0
 # A transactional producer that Kafka ended is replaced; this many times within the window, and
 # the cause is no longer an outage but (most likely) another live instance with the same id.
 MAX_RENEWALS = 3
@@ -273,7 +275,15 @@ class OrderAggregator:
                             break
                     # consume(n, timeout) waits until it has n messages or the timeout passed: take what
                     # is there at once, and block (0.2 s at most) only for the first message when none is.
+                    asked = time.monotonic()
                     messages = self.consumer.consume(budget, timeout=0) or self.consumer.consume(1, timeout=0.2)
+                    if time.monotonic() - asked > BLOCKED_CONSUME_SECONDS:
+                        # consume() ran a rebalance callback that waited out Kafka (a commit in
+                        # flight, a producer replacement): not idleness. Kafka is back and the group
+                        # is handing out partitions; an --idle-timeout run that stopped now would
+                        # leave, in the middle of its join, a member holding partitions that nobody
+                        # processes until its session expires (seen after outages of 30 and 200 s).
+                        self.last_activity = time.monotonic()
                     if self.reseek:
                         # A commit failed inside an incremental rebalance: the partitions kept were
                         # rolled back, so what was fetched for them before belongs to the undone unit.
@@ -605,13 +615,6 @@ class OrderAggregator:
         except KafkaException as exc:
             self._fail(f"cannot start a new transactional producer to replace the last one: {exc.args[0].str()}")
         self.producer.begin_transaction()
-        if not self.commit_failures:
-            # init_transactions() retries until Kafka answers, so this may have waited out a whole
-            # outage (from a lost-partitions callback): that is not idleness. Kafka is back and the
-            # group is handing partitions out again; an --idle-timeout run that stopped now would
-            # leave in the middle of its join a member that holds partitions until its session
-            # expires, and nobody processes them meanwhile (seen after a 200 s outage).
-            self.last_activity = time.monotonic()
 
     def _fail(self, reason: str):
         """Stop for good: nothing of the open unit is committed, not even by the revoke on close."""
