@@ -165,6 +165,7 @@ class Bench:
         self.bootstrap = bootstrap
         self.broker_pid = broker_pid  # the broker's JVM when the bench started it: its JIT is watched
         self.latency_warm = False
+        self.jit_seen = jit_cpu_seconds(broker_pid)
         self.registry = registry  # the ccompat URL for the registry-mode cases, or None
         self.registry_missing = registry_missing
         self.scripts = Scripts(bootstrap, workdir)
@@ -182,9 +183,15 @@ class Bench:
         return topic
 
     def record(self, case: str, run: dict) -> None:
+        # CPU the broker's JIT compiler used since the last record: a run it overlapped shared the
+        # machine with it (on 2 cores, up to 60% of one), a reason for a slow run.
+        jit = jit_cpu_seconds(self.broker_pid)
+        if jit is not None and self.jit_seen is not None:
+            run["broker_jit_cpu_s"] = round(jit - self.jit_seen, 2)
+        self.jit_seen = jit
         self.results[case]["runs"].append(run)
         shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in run.items()
-                 if k in ("rate", "p50_ms", "p99_ms", "maxrss_mb", "count")}
+                 if k in ("rate", "p50_ms", "p99_ms", "maxrss_mb", "count", "broker_jit_cpu_s")}
         self.log(f"{case}: {shown}")
 
     def guarded(self, case: str, fn, *args):
@@ -740,14 +747,20 @@ def read_all(bootstrap: str, topic: str, timeout: float = 120):
 def changelog_progress(bootstrap: str, state_topic: str, group: str, topic: str) -> list[tuple[float, int]]:
     """(create time in s, messages done) from the consumer's changelog: each commit writes, per
     partition, the state up to next_offset (the group starts at offset 0 of a fresh topic)."""
-    done: dict[int, int] = {}
-    points = []
+    states = []
     for message in read_all(bootstrap, state_topic):
         owner = parse_state_key(message.key())
         if owner is not None and owner[:2] == (group, topic):
-            done[owner[2]] = PartitionState.decode(message.value()).next_offset
-            points.append((message.timestamp()[1] / 1000, sum(done.values())))
-    points.sort()
+            states.append((message.timestamp()[1] / 1000, owner[2], PartitionState.decode(message.value()).next_offset))
+    # The changelog is co-partitioned: it is read one partition after the other, so the running
+    # total must be summed in time order, not in the order read (that mixed one partition's late
+    # states with another's early ones, and made every consumer rate swing by a factor of two).
+    states.sort()
+    done: dict[int, int] = {}
+    points = []
+    for stamp, partition, next_offset in states:
+        done[partition] = next_offset
+        points.append((stamp, sum(done.values())))
     return points
 
 
