@@ -338,6 +338,10 @@ class OrderCodec(AvroCodec):
 
     def decode(self, data: bytes | None) -> dict:
         """A schemaless order written with the current schema or an older version of it."""
+        if self.fast and data:
+            record = read_order(data)  # the common case first, one call deep: once per order
+            if type(record) is dict:
+                return record
         try:
             return self.decode_with(data, None)
         except DecodeError as current_error:
@@ -389,6 +393,9 @@ def _read_long(data: bytes, position: int) -> tuple[int, int]:
 
 
 _PRICES_READ: dict[bytes, Decimal] = {}
+# created_at's varint past its first two bytes -> its value with the low 14 bits clear. Those
+# bytes change only every 8 ms (the encoder's _TWO_LOW_BYTES), so consecutive orders share them.
+_TIMESTAMP_TAILS: dict[bytes, int] = {}
 _LENGTH_PREFIXED = ("order_id", "product", "price")  # ORDER_LAYOUT's string and bytes fields, in order
 
 
@@ -422,7 +429,21 @@ def read_order(data: bytes) -> dict | str | None:
             raw = data[start:position]
             values.append(raw if name == "price" else raw.decode("utf-8"))
         name = "created_at"
-        created_at, position = _read_long(data, position)
+        # The last field: its bytes past the first two are looked up, not read one at a time (that
+        # loop was half of the reader's time). A tail is only ever stored from a varint that ended
+        # exactly at the end of its value, so a hit reads what _read_long would read.
+        high = _TIMESTAMP_TAILS.get(data[position + 2:])
+        if high is not None and data[position] & data[position + 1] & 0x80:
+            value = (data[position] & 0x7F) | (data[position + 1] & 0x7F) << 7 | high
+            created_at, position = (value >> 1) ^ -(value & 1), len(data)
+        else:
+            start = position
+            created_at, position = _read_long(data, position)
+            if position == len(data) and position - start > 2:
+                if len(_TIMESTAMP_TAILS) >= FIELD_CACHE_SIZE:
+                    _TIMESTAMP_TAILS.clear()  # bounded, whatever the input
+                zigzag = (created_at << 1) ^ (created_at >> 63)
+                _TIMESTAMP_TAILS[data[start + 2:]] = zigzag >> 14 << 14
     except IndexError:
         return f"{NOT_AN_ORDER}: the value ends inside {name} ({len(data)} bytes)"
     except UnicodeDecodeError:
