@@ -56,27 +56,53 @@ class SpoolBusy(Exception):
     """Another process holds the drain lock."""
 
 
+def _use_write_ahead_log(db: sqlite3.Connection, patience: float) -> None:
+    """WAL lets readers (pending, count) work beside a writer. Switching a new file to WAL needs a
+    moment of exclusive access and SQLite answers "database is locked" at once instead of waiting
+    for it, so tools opening a new spool together retry here until `patience` runs out."""
+    deadline = time.monotonic() + patience
+    pause = 0.001
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 class Spool:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we write explicit transactions; FULL sync makes a commit survive power loss.
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        _use_write_ahead_log(self.db, patience=30)
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS dead_letters ("
-            " row_id INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " spool_id TEXT NOT NULL UNIQUE,"
-            " topic TEXT NOT NULL,"
-            " key BLOB, value BLOB NOT NULL, headers TEXT NOT NULL,"
-            " spooled_at REAL NOT NULL,"
-            " sending_since REAL)"
-        )
-        present = {row[1] for row in self.db.execute("PRAGMA table_info(dead_letters)")}
-        for name, kind in _LATER_COLUMNS.items():
-            if name not in present:
-                self.db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
+        # Two tools may open a new spool at the same moment (the consumer and producer.py both spool
+        # when Kafka is down). The check for missing columns and the ALTERs must be one write
+        # transaction, or both see a column missing and the second ALTER fails ("duplicate column").
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS dead_letters ("
+                " row_id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " spool_id TEXT NOT NULL UNIQUE,"
+                " topic TEXT NOT NULL,"
+                " key BLOB, value BLOB NOT NULL, headers TEXT NOT NULL,"
+                " spooled_at REAL NOT NULL,"
+                " sending_since REAL)"
+            )
+            present = {row[1] for row in self.db.execute("PRAGMA table_info(dead_letters)")}
+            for name, kind in _LATER_COLUMNS.items():
+                if name not in present:
+                    self.db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def add(self, topic: str, key: bytes | None, value: bytes, headers: list, *, cluster_id: str | None = None,
             bootstrap: str | None = None, origin: str | None = None) -> str:

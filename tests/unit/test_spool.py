@@ -228,3 +228,40 @@ def test_no_script_needs_a_posix_only_module(tmp_path):
     """, tmp_path / "spool.sqlite3", cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok 0"
+
+
+def _open_and_add_after(barrier, path: str, results) -> None:
+    barrier.wait(timeout=CHILD_TIMEOUT)
+    try:
+        spool = Spool(path)
+        spool.add("orders.DLQ", None, b"v", [], origin="race")
+        spool.close()
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which shows it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_tools_opening_a_new_spool_at_the_same_moment_all_get_it(tmp_path):
+    """The consumer and producer.py spool at once when Kafka goes down: a spool file that none of them
+    has created yet must open for all of them (a race here once stopped a consumer in CI with
+    "duplicate column name")."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    openers, rounds = 6, 8
+    for round_number in range(rounds):
+        path = str(tmp_path / f"spool-{round_number}.sqlite3")
+        barrier, results = context.Barrier(openers), context.Queue()
+        children = [context.Process(target=_open_and_add_after, args=(barrier, path, results))
+                    for _ in range(openers)]
+        for child in children:
+            child.start()
+        outcomes = [results.get(timeout=CHILD_TIMEOUT) for _ in children]
+        for child in children:
+            child.join(timeout=CHILD_TIMEOUT)
+        assert outcomes == ["ok"] * openers, f"round {round_number}: {outcomes}"
+        spool = Spool(path)
+        try:
+            assert spool.count(origin="race") == openers
+        finally:
+            spool.close()
