@@ -338,12 +338,17 @@ class OrderCodec(AvroCodec):
 
     def decode(self, data: bytes | None) -> dict:
         """A schemaless order written with the current schema or an older version of it."""
+        reason = None
         if self.fast and data:
             record = read_order(data)  # the common case first, one call deep: once per order
             if type(record) is dict:
                 return record
+            reason = record  # why it is no order, when that is certain without fastavro
         try:
-            return self.decode_with(data, None)
+            if reason is not None:
+                raise DecodeError(reason)
+            # read_order already said "only fastavro can tell": ask it, not the reader again.
+            return super().decode_with(data, None)
         except DecodeError as current_error:
             for _version, writer in self.older_writers:
                 try:
