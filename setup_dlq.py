@@ -16,9 +16,10 @@ import orders_dlq.python_version  # noqa: F401  first: below Python 3.11, one se
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic, ResourceType
 
 from orders_dlq import cli
@@ -39,6 +40,7 @@ from orders_dlq.settings import kafka_settings, positive, setting, state_topic_s
 
 DAY_MS = 24 * 3600 * 1000
 TIMEOUT = 30.0
+CREATE_ATTEMPTS = 5  # plans made again when another setup creates the same topics at once
 
 # How a change of each managed setting affects the data: lowering one of these weakens durability
 # (fewer replicas must acknowledge a write), shortens how long dead letters are kept, or makes
@@ -153,18 +155,26 @@ def plan(admin, wanted: list[Wanted], replication: int, apply: bool) -> list[dic
     return entries
 
 
-def carry_out(admin, entries: list[dict], replication: int, apply: bool, force: bool) -> None:
-    """Create what is missing; with --apply change what differs (weakening only with --force)."""
+def carry_out(admin, entries: list[dict], replication: int, apply: bool, force: bool) -> bool:
+    """Create what is missing; with --apply change what differs (weakening only with --force).
+    False, with nothing else done, when another client created one of the missing topics first."""
     to_create = [NewTopic(e["topic"], num_partitions=e["partitions"], replication_factor=replication,
                           config=e["configs"]) for e in entries if not e["exists"]]
     futures = admin.create_topics(to_create, operation_timeout=TIMEOUT) if to_create else {}
+    created_meanwhile = False
     for entry in entries:
         if entry["topic"] in futures:
             try:
                 futures[entry["topic"]].result(timeout=TIMEOUT)
                 entry["action"] = "created"
             except KafkaException as exc:
-                raise ToolFailure(f"could not create topic {entry['topic']}: {exc.args[0].str()}") from None
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise ToolFailure(f"could not create topic {entry['topic']}: {exc.args[0].str()}") from None
+                created_meanwhile = True
+    if created_meanwhile:
+        return False
+    for entry in entries:
+        if entry["topic"] in futures:
             continue
         if not entry["exists"]:
             continue
@@ -199,6 +209,26 @@ def carry_out(admin, entries: list[dict], replication: int, apply: bool, force: 
             entry["partitions"] = grow.wanted
         statuses = {d.status for d in entry["differences"]}
         entry["action"] = ("changed" if "applied" in statuses else "differs" if statuses else "exists")
+    return True
+
+
+def set_up_topics(admin, wanted: list[Wanted], replication: int, apply: bool, force: bool) -> list[dict]:
+    """plan() then carry_out(). Several setups may start at once (deploy jobs, init containers):
+    when another one created a topic between our plan and our create, the plan is made again
+    with that topic as an existing one, after a moment for its metadata to reach every broker."""
+    ours = set()  # created by this run in an earlier attempt: still reported as created
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        entries = plan(admin, wanted, replication, apply)
+        done = carry_out(admin, entries, replication, apply, force)
+        ours.update(entry["topic"] for entry in entries if entry.get("action") == "created")
+        if done:
+            for entry in entries:
+                if entry["topic"] in ours and entry["action"] == "exists":
+                    entry["action"] = "created"
+            return entries
+        time.sleep(0.2 * attempt)
+    raise ToolFailure(f"the topics were being created by another client at the same time for {CREATE_ATTEMPTS} "
+                      "attempts; run setup_dlq.py again")
 
 
 def show_value(setting: str, value) -> str:
@@ -267,8 +297,7 @@ def main(argv=None) -> int:
     if replication is None:
         replication = min(3, len(admin.list_topics(timeout=TIMEOUT).brokers))
     wanted = wanted_topics(settings, state_topic, partitions, dlq_partitions, replication, retention)
-    entries = plan(admin, wanted, replication, args.apply)
-    carry_out(admin, entries, replication, args.apply, args.force)
+    entries = set_up_topics(admin, wanted, replication, args.apply, args.force)
     subjects = [] if registry is None else set_up_compatibility(
         Registry(registry), [value_subject(settings.topic), value_subject(settings.dlq_topic)], compatibility,
         args.apply)

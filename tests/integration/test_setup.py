@@ -149,3 +149,22 @@ def test_force_without_apply_is_a_usage_error(names):
     assert "--force" in result.stderr and "Traceback" not in result.stderr
 
 
+
+
+def test_setups_started_together_all_succeed_and_each_topic_is_created_once(names):
+    """Deploy jobs or init containers may run setup_dlq.py at the same moment: each run ends well,
+    every topic is created by exactly one of them, and the others report it as existing."""
+    scripts, admin, topic = names
+    runs = [scripts.spawn("setup_dlq.py", "--partitions", 4, "--json") for _ in range(4)]
+    outcomes = [(run.wait(), run) for run in runs]
+    for code, run in outcomes:
+        assert code == 0, run.stderr()
+    actions: dict[str, list[str]] = {}
+    for _code, run in outcomes:
+        for entry in json.loads(run.stdout())["topics"]:
+            actions.setdefault(entry["topic"], []).append(entry["action"])
+            assert entry["partitions"] == (1 if entry["topic"].endswith(".status") else 4), entry
+    assert set(actions) == {topic, f"{topic}.DLQ", f"{topic}.aggregates", f"{topic}.DLQ.status"}
+    for name, seen in actions.items():
+        assert sorted(seen) == ["created", "exists", "exists", "exists"], (name, seen)
+    assert configs(admin, f"{topic}.DLQ")["retention.ms"] == str(7 * DAY_MS)
