@@ -108,13 +108,48 @@ def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClie
     return admin
 
 
+# A topic named in a tool's settings that no broker knows yet may be one a setup created a moment
+# ago (each broker learns of a new topic on its own): it is asked for again this long.
+MISSING_TOPIC_GRACE_SECONDS = 2.0
+# Topic errors in metadata that pass by themselves (a new topic before its leader is elected, a
+# broker loading its logs after a restart). Metadata errors carry no retriable() flag of their own.
+NOT_READY_TOPIC_ERRORS = {KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+                          KafkaError.REPLICA_NOT_AVAILABLE, KafkaError.BROKER_NOT_AVAILABLE,
+                          KafkaError.REQUEST_TIMED_OUT, KafkaError.KAFKA_STORAGE_ERROR,
+                          KafkaError._TRANSPORT, KafkaError._TIMED_OUT}
+
+
+def topic_problems(metadata, topics: list[str]) -> tuple[list[str], dict[str, KafkaError]]:
+    """The topics missing from `metadata`, and the others' errors (e.g. no leader yet, not authorized)."""
+    missing, errors = [], {}
+    for topic in topics:
+        found = metadata.topics.get(topic)
+        if found is None or (found.error is not None and found.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            missing.append(topic)
+        elif found.error is not None:
+            errors[topic] = found.error
+    return missing, errors
+
+
 def require_topics(client, topics: list[str], timeout: float = 10.0) -> dict:
-    """Partition counts of topics that must exist (auto-creation is off on purpose); any client will do."""
-    metadata = client.list_topics(timeout=timeout)
-    missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
-    if missing:
-        raise ToolFailure(f"topic {', '.join(missing)} does not exist: run `python setup_dlq.py` first")
-    return {t: len(metadata.topics[t].partitions) for t in topics}
+    """Partition counts of topics that must exist (auto-creation is off on purpose); any client will do.
+
+    A topic that exists but is not ready (just created, or its broker still loading its logs after
+    a restart) is waited for up to `timeout`; a refusal (not authorized) is said as it is."""
+    started = time.monotonic()
+    while True:
+        metadata = client.list_topics(timeout=timeout)
+        missing, errors = topic_problems(metadata, topics)
+        waited = time.monotonic() - started
+        if missing and waited >= MISSING_TOPIC_GRACE_SECONDS:
+            raise ToolFailure(f"topic {', '.join(missing)} does not exist: run `python setup_dlq.py` first")
+        lasting = {t: e for t, e in errors.items() if e.code() not in NOT_READY_TOPIC_ERRORS or waited >= timeout}
+        if lasting:
+            topic, error = next(iter(lasting.items()))
+            raise ToolFailure(f"topic {topic} cannot be used: {error.str()}")
+        if not missing and not errors:
+            return {t: len(metadata.topics[t].partitions) for t in topics}
+        time.sleep(0.2)  # metadata is only ever pulled: ask again
 
 
 def read_to_end(consumer: Consumer, partitions: list[TopicPartition], timeout: float,

@@ -341,3 +341,22 @@ def test_help_exits_0_with_an_example_and_the_shared_options(scripts: Scripts, s
     assert "example" in result.stdout.lower()
     for option in ("-b", "--bootstrap-servers", "-t", "--topic", "--dlq-topic", "-X"):
         assert f"{option} " in result.stdout or f"{option}," in result.stdout, option
+
+
+@pytest.mark.parametrize("script, args", [
+    ("producer.py", ["--count", 1]),
+    ("consumer_aggregation.py", ["-g", "never-set-up", "--idle-timeout", 1]),
+    ("dlq_consumer.py", []),
+    ("dlq_producer.py", ["--send-example"]),
+    ("dlq_replay.py", ["--dry-run"]),
+])
+def test_topics_never_set_up_are_one_sentence_naming_setup_dlq_and_exit_1(kafka_bootstrap, tmp_path, script, args):
+    """Forgetting `setup_dlq.py` (or a typo in ORDERS_TOPIC) is said once, with the cure, and nothing
+    is created: auto-creation would make a topic with the broker's defaults, not ours."""
+    topic = f"never-{uuid.uuid4().hex[:8]}"
+    result = Scripts(kafka_bootstrap, tmp_path, topic=topic).run(script, *args, expect=None, timeout=60)
+    line = assert_one_sentence(result)
+    assert result.returncode == 1, result.stderr
+    assert "does not exist" in line and "setup_dlq.py" in line and topic in line, line
+    known = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=30).topics
+    assert not [name for name in known if name.startswith(topic)]
