@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -368,8 +369,16 @@ class DeadLetterProducer:
         if self.spool is None:
             raise ToolFailure(f"{len(dead_letters)} dead letter(s) could not be delivered and no spool is configured")
         if dead_letters:
-            self.spool.add_many([(self.topic, *self.encode(d)) for d in dead_letters], cluster_id=self.cluster_id,
-                                bootstrap=self.settings.bootstrap_servers, origin=self.origin)
+            try:
+                self.spool.add_many([(self.topic, *self.encode(d)) for d in dead_letters],
+                                    cluster_id=self.cluster_id, bootstrap=self.settings.bootstrap_servers,
+                                    origin=self.origin)
+            except sqlite3.Error as exc:  # a full disk, a file made read-only or removed meanwhile
+                ids = [d.order_id or "?" for d in dead_letters[:10]]
+                raise ToolFailure(
+                    f"{len(dead_letters)} dead letter(s) could not be delivered to {self.topic} nor kept in the "
+                    f"spool {self.spool.path} ({exc}); send them again: order id(s) "
+                    f"{', '.join(ids)}{' ...' if len(dead_letters) > 10 else ''}") from None
             log.warning("%d dead letter(s) kept in the local spool %s; they are sent to %s when Kafka is back "
                         "(`python dlq_producer.py --flush-spool`)", len(dead_letters), self.spool.path, self.topic)
         return len(dead_letters)

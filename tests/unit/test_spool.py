@@ -265,3 +265,33 @@ def test_tools_opening_a_new_spool_at_the_same_moment_all_get_it(tmp_path):
             assert spool.count(origin="race") == openers
         finally:
             spool.close()
+
+
+def test_a_spool_that_can_no_longer_be_written_is_one_sentence_naming_the_orders(tmp_path):
+    """Kafka down and the spool unwritable (a full disk, a file made read-only): the tool stops with
+    a sentence that says what was not kept, never a traceback (cli.run prints a ToolFailure)."""
+    from decimal import Decimal
+
+    from confluent_kafka import Producer
+
+    from orders_dlq.dead_letter import DeadLetter
+    from orders_dlq.dlq import DeadLetterProducer
+    from orders_dlq.errors import ToolFailure
+    from orders_dlq.settings import KafkaSettings
+
+    spool = Spool(tmp_path / "spool.sqlite3")
+    spool.db.execute("PRAGMA query_only = 1")  # every write now fails as on a read-only file
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic="orders", dlq_topic="orders.DLQ")
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1"})  # never reached: nothing is sent here
+    publisher = DeadLetterProducer(settings, producer=producer, spool=spool)
+    letters = [DeadLetter(order_id=f"order-{n}", product="Toffee", price=Decimal("1.00"), error_reason="down",
+                          error_type="KafkaError", error_stage="produce", retry_count=3, original_topic="orders",
+                          failed_by="producer.py") for n in range(12)]
+    with pytest.raises(ToolFailure) as failure:
+        publisher.spool_all(letters)
+    sentence = str(failure.value)
+    assert "12 dead letter(s)" in sentence and str(spool.path) in sentence and "readonly" in sentence
+    assert "order-0" in sentence and "order-9" in sentence and "order-10" not in sentence
+    spool.db.execute("PRAGMA query_only = 0")
+    assert spool.count() == 0
+    spool.close()
