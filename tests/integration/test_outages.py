@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import time
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from conftest import Pipeline, Scripts, assert_dead_lettered_exactly_once, assert_summary_matches_truth, wait_for
+from conftest import (
+    Pipeline,
+    Scripts,
+    assert_dead_lettered_exactly_once,
+    assert_pipeline_exact,
+    assert_summary_matches_truth,
+    wait_for,
+)
 
 from orders_dlq import local_kafka
 
@@ -278,3 +287,45 @@ def test_exactly_once_consumer_under_a_200_second_outage_ends_truthfully_or_ride
     truth = pipeline.truth()
     assert_summary_matches_truth(restarted, truth)
     assert_dead_lettered_exactly_once(pipeline.dead_letters(), truth)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_a_frozen_broker_that_comes_back_loses_nothing_and_counts_nothing_twice(
+        private_kafka, private_pipeline, guarantee):
+    """A broker that hangs instead of dying (a long GC or VM pause, SIGSTOP here): its connections stay
+    open and requests get no answer, for longer than the session and transaction timeouts. When it
+    answers again, the producer and the consumer finish without a traceback and the totals are exact."""
+    pipeline = private_pipeline
+    scripts = pipeline.scripts
+    consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--guarantee", guarantee,
+                             "--idle-timeout", 30, "--json", "--print-interval", 0)
+    producer = scripts.spawn("producer.py", "--count", 4000, "--rate", 250, "--bad-ratio", 0.01,
+                             "--poison-ratio", 0.01, "--seed", 41, "--delivery-timeout", 120, "--json")
+    broker = private_kafka.pid(0)
+    frozen = False
+    try:
+        wait_for(lambda: sum(max(o, 0) for o in pipeline.committed().values()) > 600, 90, "progress")
+        os.kill(broker, signal.SIGSTOP)
+        frozen = True
+        thaw_at = time.monotonic() + 25
+        # The freeze itself: a scenario length, not a synchronisation.
+        wait_for(lambda: time.monotonic() > thaw_at, 40, "the freeze to last")
+        os.kill(broker, signal.SIGCONT)
+        frozen = False
+        assert producer.wait(300) == 0, producer.stderr()[-3000:]
+        code = consumer.wait(300)
+    finally:
+        if frozen:
+            os.kill(broker, signal.SIGCONT)
+        for process in (producer, consumer):
+            if process.running():
+                process.kill()
+    stderr = consumer.stderr()
+    assert "Traceback" not in stderr and "Traceback" not in producer.stderr(), stderr[-3000:]
+    assert code in (0, 1), stderr[-3000:]
+    if code == 1:
+        assert len([line for line in stderr.splitlines() if line.startswith("error")]) == 1, stderr[-3000:]
+    pipeline.consume(timeout=180, guarantee=guarantee)  # whatever a consumer that stopped left
+    assert_pipeline_exact(pipeline, pipeline.truth(), guarantee)
