@@ -72,6 +72,10 @@ RENEWAL_WINDOW_SECONDS = 300.0
 # How long commits wait for the second round of an incremental rebalance (see _on_revoke); a few
 # heartbeats, well inside transaction.timeout.ms.
 HOLD_COMMITS_SECONDS = 5.0
+# How long an assignment retries reading its partitions' committed offsets and states (see
+# _starting_states): an outage longer than this during a join ends the run, well inside
+# max.poll.interval.ms (300 s), past which the group would drop this member anyway.
+ASSIGN_PATIENCE_SECONDS = 120.0
 
 
 def topic_id(settings: KafkaSettings, topic: str) -> str | None:
@@ -700,19 +704,9 @@ class OrderAggregator:
                 self.state_partitions = require_co_partitioned(consumer, self.topic, self.state_topic)
             except ToolFailure as exc:
                 self._fail(str(exc))
-        began = time.monotonic()
-        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=60)}
-        fetched = time.monotonic()
-        restored = self._restore(committed)
-        log.debug("assignment: committed offsets in %.3fs, states restored in %.3fs", fetched - began,
-                  time.monotonic() - fetched)
+        states, restored = self._starting_states(consumer, partitions)
         for tp in partitions:
-            state = self._honour_operator(tp, restored.get(tp.partition), committed.get(tp.partition, -1))
-            if state is None:
-                start = committed.get(tp.partition, -1)
-                if start < 0:
-                    start = consumer.get_watermark_offsets(tp, timeout=10)[0]
-                state = PartitionState(start)
+            state = states[tp.partition]
             self.states[tp.partition] = state
             self.committed[tp.partition] = state.copy()
             tp.offset = state.next_offset
@@ -724,6 +718,47 @@ class OrderAggregator:
         log.info("assigned %s (restored %d from %s)",
                  ", ".join(f"{self.topic}[{tp.partition}]@{tp.offset}" for tp in partitions),
                  len(restored), self.state_topic)
+
+    def _starting_states(self, consumer, partitions) -> tuple[dict[int, PartitionState], dict]:
+        """Each assigned partition's state to start from: committed offsets, changelog states and,
+        for a partition never committed, its first offset. These reads run inside the assignment
+        callback, right when Kafka may be coming back from an outage (a broker that froze, or one
+        that has not yet loaded its partitions: "Unknown partition"); they are retried until
+        ASSIGN_PATIENCE_SECONDS pass, then the run stops with one sentence and nothing committed
+        for these partitions, which a restart takes over."""
+        deadline = time.monotonic() + ASSIGN_PATIENCE_SECONDS
+        failures = 0
+        while True:
+            try:
+                began = time.monotonic()
+                committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=60)}
+                fetched = time.monotonic()
+                restored = self._restore(committed)
+                log.debug("assignment: committed offsets in %.3fs, states restored in %.3fs", fetched - began,
+                          time.monotonic() - fetched)
+                states = {}
+                for tp in partitions:
+                    state = self._honour_operator(tp, restored.get(tp.partition), committed.get(tp.partition, -1))
+                    if state is None:
+                        start = committed.get(tp.partition, -1)
+                        if start < 0:
+                            start = consumer.get_watermark_offsets(tp, timeout=10)[0]
+                        state = PartitionState(start)
+                    states[tp.partition] = state
+                return states, restored
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                reason = error.str() if error is not None else str(exc)
+                failures += 1
+                delay = self.retry.backoff(min(failures, 10))
+                if self.stop or (error is not None and error.fatal()) or time.monotonic() + delay > deadline:
+                    names = ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions)
+                    self._fail(f"could not take over {names}: reading where they stand failed for "
+                               f"{ASSIGN_PATIENCE_SECONDS:g}s ({reason}); nothing was processed for them, and a "
+                               "restart takes them over")
+                log.warning("reading where the assigned partitions stand failed (%s); retrying in %.1fs",
+                            reason, delay)
+                time.sleep(delay)
 
     def _honour_operator(self, tp: TopicPartition, state: PartitionState | None,
                          committed: int) -> PartitionState | None:
