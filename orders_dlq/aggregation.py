@@ -76,6 +76,12 @@ HOLD_COMMITS_SECONDS = 5.0
 # _starting_states): an outage longer than this during a join ends the run, well inside
 # max.poll.interval.ms (300 s), past which the group would drop this member anyway.
 ASSIGN_PATIENCE_SECONDS = 120.0
+# At-least-once's offset commit from the loop is asynchronous; its result (from on_commit) is
+# one of these, or the KafkaError it failed with.
+OFFSETS_SENT, OFFSETS_COMMITTED = "sent", "committed"
+# An answer this late means the coordinator is in trouble: the commit is then made synchronously,
+# as before the asynchronous one, with the loop waiting for it (and failing it, rolling back).
+ASYNC_COMMIT_PATIENCE_SECONDS = 1.0
 
 
 def topic_id(settings: KafkaSettings, topic: str) -> str | None:
@@ -126,12 +132,15 @@ class CommitJob:
     used by the loop, whose rebalance callbacks it must not wait for)."""
 
     def __init__(self, call: Callable[[], None], snapshots: dict[int, PartitionState],
-                 after: Callable[[], None] | None = None):
+                 after: Callable[[], None] | None = None, offsets: list[TopicPartition] | None = None):
         self.call = call
         self.after = after
         self.snapshots = snapshots  # each committed partition's state as this unit ends it
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
+        self.offsets = offsets  # at-least-once: what `after` commits, sent asynchronously by the loop
+        self.offsets_state: str | KafkaError | None = None  # None: not sent; then OFFSETS_* or the error
+        self.offsets_sent_at = 0.0
 
     def run(self) -> None:
         try:
@@ -206,6 +215,8 @@ class OrderAggregator:
             # partitions that change owner; the others keep being processed (and committed)
             # through the rebalance instead of every instance stopping, committing and restoring all.
             "partition.assignment.strategy": "cooperative-sticky",
+            # The results of at-least-once's asynchronous offset commits (see _offsets_settled).
+            "on_commit": self._on_offsets_committed,
             **common_client_config(),
         }
         consumer_config = settings.client_config(**consumer_config)
@@ -269,7 +280,7 @@ class OrderAggregator:
                 while not self.stop:
                     if self.committing is not None and (self.committing.done() or len(self.held) >= self.batch_size):
                         began = time.monotonic()
-                        self._finish_commit()
+                        self._finish_commit(from_loop=True)
                         finishing = time.monotonic() - began
                     budget = self.batch_size
                     if max_messages is not None:
@@ -513,10 +524,10 @@ class OrderAggregator:
             self._settle_deliveries()
 
         return CommitJob(acknowledged, snapshots,
-                         after=lambda: self.consumer.commit(offsets=offsets, asynchronous=False))
+                         after=lambda: self.consumer.commit(offsets=offsets, asynchronous=False), offsets=offsets)
 
     def _end_commit(self, job: CommitJob, in_rebalance: bool) -> bool:
-        if job.error is None and job.after is not None:
+        if job.error is None and job.after is not None and job.offsets_state != OFFSETS_COMMITTED:
             try:
                 job.after()
             except (KafkaException, CommitFailed, BufferError) as exc:
@@ -540,13 +551,17 @@ class OrderAggregator:
             self.commit_failures = 0
         return True
 
-    def _finish_commit(self, in_rebalance: bool = False) -> bool:
+    def _finish_commit(self, in_rebalance: bool = False, from_loop: bool = False) -> bool:
         """Wait for the commit in flight, if any, and act on its outcome; then send the dead letters
-        held meanwhile, in the new transaction. False when it (or they) failed: rolled back."""
-        job, self.committing = self.committing, None
+        held meanwhile, in the new transaction. False when it (or they) failed: rolled back.
+        From the loop, at-least-once's offset commit is not waited for (see _offsets_settled)."""
+        job = self.committing
         if job is None:
             return True
         job.wait()
+        if from_loop and not self._offsets_settled(job):
+            return True  # at-least-once: the unit's offset commit is on its way; the loop goes on
+        self.committing = None
         if not self._end_commit(job, in_rebalance):
             return False
         held, self.held = self.held, []
@@ -557,6 +572,46 @@ class OrderAggregator:
             self._rollback(exc, in_rebalance)
             return False
         return True
+
+    def _offsets_settled(self, job: CommitJob) -> bool:
+        """At-least-once, from the loop: commit the unit's offsets without waiting for the group
+        coordinator (a synchronous commit held the loop p50 12 ms, p99 54 ms every 100 ms, and the
+        orders arriving meanwhile waited). True once there is nothing more to wait for: the
+        result came (on_commit, served by the loop's consume()), or the loop cannot go on without
+        it (a full batch of held dead letters, or no answer within ASYNC_COMMIT_PATIENCE_SECONDS),
+        and then _end_commit commits synchronously.
+
+        The unit stays `committing` until then, so the next unit cannot begin: its states name
+        this unit's end as their start, which must be the committed offset by the time they are
+        written (see _honour_operator)."""
+        if job.after is None or job.offsets is None or job.error is not None:
+            return True
+        if job.offsets_state is None:
+            try:
+                self.consumer.commit(offsets=job.offsets, asynchronous=True)
+            except KafkaException as exc:
+                job.error = exc
+                return True
+            job.offsets_state, job.offsets_sent_at = OFFSETS_SENT, time.monotonic()
+            return False
+        if job.offsets_state == OFFSETS_SENT:
+            return (len(self.held) >= self.batch_size
+                    or time.monotonic() - job.offsets_sent_at > ASYNC_COMMIT_PATIENCE_SECONDS)
+        if isinstance(job.offsets_state, KafkaError):
+            job.error = KafkaException(job.offsets_state)
+        return True
+
+    def _on_offsets_committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """on_commit: the result of the asynchronous offset commit in flight, if it is that one
+        (a later synchronous commit of the same unit makes it moot)."""
+        job = self.committing
+        if job is None or job.offsets is None or job.offsets_state != OFFSETS_SENT:
+            return
+        if {(tp.partition, tp.offset) for tp in partitions if tp.topic == self.topic} != \
+                {(tp.partition, tp.offset) for tp in job.offsets}:
+            return
+        failed = error or next((tp.error for tp in partitions if tp.error is not None), None)
+        job.offsets_state = failed or OFFSETS_COMMITTED
 
     def _settle_deliveries(self) -> None:
         """At-least-once: wait until every message sent so far is acknowledged or has failed.
