@@ -77,7 +77,8 @@ HOLD_COMMITS_SECONDS = 5.0
 # max.poll.interval.ms (300 s), past which the group would drop this member anyway.
 ASSIGN_PATIENCE_SECONDS = 120.0
 # At-least-once's offset commit from the loop is asynchronous; its result (from on_commit) is
-# one of these, or the KafkaError it failed with.
+# one of these, or the KafkaError it failed with (compared by identity: a KafkaError compared with
+# a str raises TypeError).
 OFFSETS_SENT, OFFSETS_COMMITTED = "sent", "committed"
 # An answer this late means the coordinator is in trouble: the commit is then made synchronously,
 # as before the asynchronous one, with the loop waiting for it (and failing it, rolling back).
@@ -527,7 +528,7 @@ class OrderAggregator:
                          after=lambda: self.consumer.commit(offsets=offsets, asynchronous=False), offsets=offsets)
 
     def _end_commit(self, job: CommitJob, in_rebalance: bool) -> bool:
-        if job.error is None and job.after is not None and job.offsets_state != OFFSETS_COMMITTED:
+        if job.error is None and job.after is not None and job.offsets_state is not OFFSETS_COMMITTED:
             try:
                 job.after()
             except (KafkaException, CommitFailed, BufferError) as exc:
@@ -594,7 +595,7 @@ class OrderAggregator:
                 return True
             job.offsets_state, job.offsets_sent_at = OFFSETS_SENT, time.monotonic()
             return False
-        if job.offsets_state == OFFSETS_SENT:
+        if job.offsets_state is OFFSETS_SENT:
             return (len(self.held) >= self.batch_size
                     or time.monotonic() - job.offsets_sent_at > ASYNC_COMMIT_PATIENCE_SECONDS)
         if isinstance(job.offsets_state, KafkaError):
@@ -605,7 +606,7 @@ class OrderAggregator:
         """on_commit: the result of the asynchronous offset commit in flight, if it is that one
         (a later synchronous commit of the same unit makes it moot)."""
         job = self.committing
-        if job is None or job.offsets is None or job.offsets_state != OFFSETS_SENT:
+        if job is None or job.offsets is None or job.offsets_state is not OFFSETS_SENT:
             return
         if {(tp.partition, tp.offset) for tp in partitions if tp.topic == self.topic} != \
                 {(tp.partition, tp.offset) for tp in job.offsets}:
