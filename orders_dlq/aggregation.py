@@ -20,6 +20,7 @@ before any of its messages is processed, so restarts and scale-out never double 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -815,6 +816,10 @@ class OrderAggregator:
                 log.warning("reading where the assigned partitions stand failed (%s); retrying in %.1fs",
                             reason, delay)
                 time.sleep(delay)
+                # The client learns a partition's new leader from metadata, which it refreshes by
+                # itself only for partitions it already fetches: not for these, being assigned.
+                with contextlib.suppress(KafkaException):
+                    consumer.list_topics(self.topic, timeout=10)
 
     def _honour_operator(self, tp: TopicPartition, state: PartitionState | None,
                          committed: int) -> PartitionState | None:

@@ -291,7 +291,10 @@ def test_exactly_once_consumer_under_a_200_second_outage_ends_truthfully_or_ride
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+# At-least-once: its offset commit is asynchronous, with a synchronous fallback after 1 s without an
+# answer, the path a frozen coordinator takes. (Exactly-once passed it too, in 80 s, and its
+# transaction-timeout path is covered by the 30 s outage above: CI time went to other cases.)
+@pytest.mark.parametrize("guarantee", ["at-least-once"])
 def test_a_frozen_broker_that_comes_back_loses_nothing_and_counts_nothing_twice(
         private_kafka, private_pipeline, guarantee):
     """A broker that hangs instead of dying (a long GC or VM pause, SIGSTOP here): its connections stay
@@ -329,3 +332,38 @@ def test_a_frozen_broker_that_comes_back_loses_nothing_and_counts_nothing_twice(
         assert len([line for line in stderr.splitlines() if line.startswith("error")]) == 1, stderr[-3000:]
     pipeline.consume(timeout=180, guarantee=guarantee)  # whatever a consumer that stopped left
     assert_pipeline_exact(pipeline, pipeline.truth(), guarantee)
+
+
+@pytest.mark.slow
+def test_an_assignment_whose_changelog_partition_has_no_leader_waits_for_it_then_counts_exactly(tmp_path):
+    """The consumer joins while a broker that alone holds a changelog partition is down (a restart,
+    a crash): reading that partition's state inside the assignment fails. The assignment retries
+    and says so, instead of a traceback out of consume(); once the broker is back the run is exact."""
+    cluster = local_kafka.LocalKafka(tmp_path / "cluster", brokers=3, base_port=0)
+    cluster.start(timeout=180)
+    consumer = None
+    try:
+        scripts = Scripts(cluster.bootstrap, tmp_path)
+        pipeline = Pipeline(cluster.bootstrap, scripts)
+        pipeline.setup("--replication-factor", 1)  # one replica: that partition has no leader while its broker is down
+        scripts.run("producer.py", "--count", 600, "--bad-ratio", 0.02, "--seed", 43)
+        admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+        holder = admin.list_topics(pipeline.state_topic, timeout=10).topics[pipeline.state_topic].partitions[0].leader
+        cluster.stop_broker(holder - 1)  # node ids are 1-based
+        consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 10, "--json",
+                                 "--print-interval", 0)
+        wait_for(lambda: "reading where the assigned partitions stand failed" in consumer.stderr()
+                 or not consumer.running(), 120, "the assignment to meet the missing leader")
+        assert consumer.running(), consumer.stderr()[-3000:]
+        cluster.start_broker(holder - 1, timeout=120)
+        assert consumer.wait(240) == 0, consumer.stderr()[-3000:]
+        summary = json.loads(consumer.stdout())
+        truth = pipeline.truth()
+        letters = pipeline.dead_letters()
+    finally:
+        if consumer is not None and consumer.running():
+            consumer.kill()
+        cluster.stop()
+    assert "Traceback" not in consumer.stderr(), consumer.stderr()[-3000:]
+    assert_summary_matches_truth(summary, truth)
+    assert_dead_lettered_exactly_once(letters, truth)
