@@ -43,6 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 
 PY = sys.executable
+# The latency consumer's --idle-timeout: it starts before producer.py, whose first order can come
+# seconds after the assignment on a loaded machine (CI once saw an idle-out with 0 of 2,000 done).
+LATENCY_IDLE_SECONDS = 10.0
 RUN_LINE = re.compile(r"this run: (\d+) orders aggregated, (\d+) dead-lettered in ([\d.]+)s")
 
 CASES = (
@@ -309,8 +312,9 @@ class Bench:
         watcher = ChangelogWatcher(self.bootstrap, state_topic)
         watcher.start()
         extra = ["--latency"] if self.has_latency_hook else []
+        idle = max(LATENCY_IDLE_SECONDS, self.args.idle_timeout)
         job = self.scripts.start([script("consumer_aggregation.py"), "-t", topic, "-g", group, "--guarantee",
-                                  guarantee, "--idle-timeout", str(max(5.0, self.args.idle_timeout)), "--json", *extra])
+                                  guarantee, "--idle-timeout", str(idle), "--json", *extra])
         try:
             deadline = time.monotonic() + 60
             while "assigned" not in Path(job["err"].name).read_text(errors="replace"):

@@ -783,7 +783,8 @@ class OrderAggregator:
         that has not yet loaded its partitions: "Unknown partition"); they are retried until
         ASSIGN_PATIENCE_SECONDS pass, then the run stops with one sentence and nothing committed
         for these partitions, which a restart takes over."""
-        deadline = time.monotonic() + ASSIGN_PATIENCE_SECONDS
+        began_at = time.monotonic()
+        deadline = began_at + ASSIGN_PATIENCE_SECONDS
         failures = 0
         while True:
             try:
@@ -811,8 +812,8 @@ class OrderAggregator:
                 if self.stop or (error is not None and error.fatal()) or time.monotonic() + delay > deadline:
                     names = ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions)
                     self._fail(f"could not take over {names}: reading where they stand failed for "
-                               f"{ASSIGN_PATIENCE_SECONDS:g}s ({reason}); nothing was processed for them, and a "
-                               "restart takes them over")
+                               f"{time.monotonic() - began_at:.0f}s ({reason}); nothing was processed for them, "
+                               "and a restart takes them over")
                 log.warning("reading where the assigned partitions stand failed (%s); retrying in %.1fs",
                             reason, delay)
                 time.sleep(delay)

@@ -22,6 +22,7 @@ from conftest import (
 pytestmark = pytest.mark.integration
 
 CONSUMER_ARGS = ("--commit-interval-ms", 50, "--print-interval", 0)
+SIGTERM_ORDERS = 150000
 
 
 def consumed(pipeline: Pipeline) -> int:
@@ -55,7 +56,9 @@ def test_consumer_killed_at_random_points_restarts_with_exact_totals(pipeline: P
 
 
 def test_sigterm_under_load_commits_prints_summary_and_restart_continues_exactly(pipeline: Pipeline):
-    pipeline.scripts.json("producer.py", "--count", 30000, "--poison-ratio", 0.002, "--seed", 4)
+    # Enough orders that the SIGTERM lands in the middle: the consumer does 30,000 in well under a
+    # second, about the time it takes to see its progress (CI once saw all 30,000 done first).
+    pipeline.scripts.json("producer.py", "--count", SIGTERM_ORDERS, "--poison-ratio", 0.002, "--seed", 4)
     truth = pipeline.truth()
     consumer = pipeline.scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 60,
                                       "--json", *CONSUMER_ARGS)
@@ -67,7 +70,7 @@ def test_sigterm_under_load_commits_prints_summary_and_restart_continues_exactly
     partial = json.loads(consumer.stdout())
     assert "SIGTERM received" in consumer.stderr()
     # What it printed is exactly what it committed: offsets and state moved together.
-    assert partial["processed"] + partial["dead_lettered"] == consumed(pipeline) < 30000
+    assert partial["processed"] + partial["dead_lettered"] == consumed(pipeline) < SIGTERM_ORDERS
 
     summary = pipeline.consume(*CONSUMER_ARGS)
 

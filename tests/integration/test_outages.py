@@ -350,7 +350,7 @@ def test_an_assignment_whose_changelog_partition_has_no_leader_waits_for_it_then
         admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
         holder = admin.list_topics(pipeline.state_topic, timeout=10).topics[pipeline.state_topic].partitions[0].leader
         cluster.stop_broker(holder - 1)  # node ids are 1-based
-        consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 10, "--json",
+        consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--idle-timeout", 5, "--json",
                                  "--print-interval", 0)
         wait_for(lambda: "reading where the assigned partitions stand failed" in consumer.stderr()
                  or not consumer.running(), 120, "the assignment to meet the missing leader")
