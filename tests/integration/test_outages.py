@@ -303,7 +303,7 @@ def test_a_frozen_broker_that_comes_back_loses_nothing_and_counts_nothing_twice(
     pipeline = private_pipeline
     scripts = pipeline.scripts
     consumer = scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--guarantee", guarantee,
-                             "--idle-timeout", 30, "--json", "--print-interval", 0)
+                             "--idle-timeout", 15, "--json", "--print-interval", 0)
     producer = scripts.spawn("producer.py", "--count", 4000, "--rate", 250, "--bad-ratio", 0.01,
                              "--poison-ratio", 0.01, "--seed", 41, "--delivery-timeout", 120, "--json")
     broker = private_kafka.pid(0)
