@@ -81,9 +81,10 @@ class Spool:
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         _use_write_ahead_log(self.db, patience=30)
         self.db.execute("PRAGMA synchronous=FULL")
-        # Two tools may open a new spool at the same moment (the consumer and producer.py both spool
-        # when Kafka is down). The check for missing columns and the ALTERs must be one write
-        # transaction, or both see a column missing and the second ALTER fails ("duplicate column").
+        # Two tools may open a new spool at the same moment: every tool that writes dead letters
+        # opens it at start (the consumer and producer.py started together, say). The check for
+        # missing columns and the ALTERs must be one write transaction, or both see a column missing
+        # and the second ALTER fails ("duplicate column").
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute(
