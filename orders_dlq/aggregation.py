@@ -114,6 +114,18 @@ def require_co_partitioned(client, topic: str, state_topic: str) -> int:
     return counts.get(state_topic, 0)
 
 
+def without_frames(error: BaseException) -> BaseException:
+    """The error of a message that is no valid order, without its traceback and chained errors.
+
+    The reason is the message's content, not where it was raised, and the traceback's frames reach
+    back to the caller's, whose locals hold the Failure that holds this error: a reference cycle
+    per poison message, which only Python's cyclic collector frees. In a poison flood that was
+    three frames, three tracebacks and a Message per dead letter, and 15 % of the consumer's CPU
+    in collections (50,000 dead letters: 0.7 s of 4.5 s)."""
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    return error
+
+
 class Failure(NamedTuple):
     """Why one message is dead-lettered: the order when it was decoded, the stage that failed, the
     error, and how many times processing was tried."""
@@ -411,9 +423,9 @@ class OrderAggregator:
             order = self.codec.decode(message.value())
             validate(order, self.products)
         except DecodeError as exc:
-            return Failure(None, "deserialize", exc, 0)
+            return Failure(None, "deserialize", without_frames(exc), 0)
         except InvalidOrder as exc:
-            return Failure(order, "validate", exc, 0)
+            return Failure(order, "validate", without_frames(exc), 0)
         return self._process(state, message, order)
 
     def process_order(self, aggregate: Aggregate, order: dict) -> None:
