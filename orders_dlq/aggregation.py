@@ -115,9 +115,10 @@ def require_co_partitioned(client, topic: str, state_topic: str) -> int:
 
 
 def without_frames(error: BaseException) -> BaseException:
-    """The error of a message that is no valid order, without its traceback and chained errors.
+    """The error of a failed message, without its traceback and chained errors.
 
-    The reason is the message's content, not where it was raised, and the traceback's frames reach
+    For a message that is no valid order the reason is its content, not where it was raised; a
+    processing error's traceback is dropped once its dead letter is written. The traceback's frames reach
     back to the caller's, whose locals hold the Failure that holds this error: a reference cycle
     per poison message, which only Python's cyclic collector frees. In a poison flood that was
     three frames, three tracebacks and a Message per dead letter, and 15 % of the consumer's CPU
@@ -202,8 +203,8 @@ class OrderAggregator:
         self.run_dead_lettered = 0
         self.commit_failures = 0
         self.reseek = False  # set when kept partitions were rolled back during a rebalance
-        # The commit running on its own thread while the loop goes on, and the failures met
-        # meanwhile (their dead letters are sent once it ended: in the next transaction).
+        # The commit running on its own thread while the loop goes on, and the failures of the
+        # unit not yet dead-lettered (they are sent when its commit begins, see _send_held).
         self.committing: CommitJob | None = None
         self.held: list[tuple[PartitionState, object, Failure]] = []
         self.hold_commits_until = 0.0  # monotonic time; see _on_revoke
@@ -296,6 +297,8 @@ class OrderAggregator:
                         began = time.monotonic()
                         self._finish_commit(from_loop=True)
                         finishing = time.monotonic() - began
+                    if self.committing is None and len(self.held) >= self.batch_size:
+                        self._send_held(in_rebalance=False)  # a flood: a batch at a time, memory bounded
                     budget = self.batch_size
                     if max_messages is not None:
                         handled = self.run_processed + self.run_dead_lettered + len(self.held)
@@ -407,12 +410,8 @@ class OrderAggregator:
             log.exception("BUG: handling %s[%d]@%d raised %s; dead-lettering it as stage process",
                           message.topic(), partition, message.offset(), type(exc).__name__)
             failure = Failure(None, "process", exc, 0)
-        if failure is None:
-            pass
-        elif self.committing is not None:
-            self.held.append((state, message, failure))  # sent once the transaction in flight ends
-        else:
-            self._send_dead_letter(state, message, failure)
+        if failure is not None:
+            self.held.append((state, message, failure))  # dead-lettered when the unit's commit begins
         state.next_offset = message.offset() + 1
         self.dirty.add(partition)
 
@@ -457,9 +456,14 @@ class OrderAggregator:
         return None
 
     def _send_dead_letter(self, state: PartitionState, message, failure: Failure) -> None:
-        reason = self.dead_letters.send_failure(message, failure.order, failure.stage, failure.error,
-                                                failure.retries, self.group,
-                                                None if self.exactly_once else self.delivery_errors)
+        try:
+            reason = self.dead_letters.send_failure(message, failure.order, failure.stage, failure.error,
+                                                    failure.retries, self.group,
+                                                    None if self.exactly_once else self.delivery_errors)
+        finally:
+            # A processing error keeps its traceback until here (the original format writes it as
+            # the stack trace header); written, or its unit undone, it would only keep a cycle.
+            without_frames(failure.error)
         log.debug("dead letter %s[%s]@%s (%s): %s", message.topic(), message.partition(), message.offset(),
                   failure.stage, reason)
         state.aggregate.dead_lettered += 1
@@ -482,9 +486,9 @@ class OrderAggregator:
         """From the loop: the commit's waits (exactly-once: the round trips to the coordinators;
         at-least-once: the acknowledgements of the unit's dead letters and states; a p50 of 10-20
         ms with a tail past 100 ms) run on a thread while the loop goes on aggregating. The
-        failures met meanwhile are held and dead-lettered after it (see _finish_commit): nothing
-        can be produced while a transaction commits, and an acknowledgement wait must cover its
-        own unit only. One commit at a time."""
+        failures met meanwhile are held for the next unit (see _send_held): nothing can be
+        produced while a transaction commits, and an acknowledgement wait must cover its own unit
+        only. One commit at a time."""
         job = self._begin_commit(False)
         if job:
             self.committing = job
@@ -497,6 +501,8 @@ class OrderAggregator:
             return None
         if not in_rebalance and time.monotonic() < self.hold_commits_until:
             return None  # a rebalance is under way: see _on_revoke
+        if not self._send_held(in_rebalance):
+            return False
         partitions = sorted(self.dirty)
         offsets = [TopicPartition(self.topic, p, self.states[p].next_offset) for p in partitions]
         records = []
@@ -566,9 +572,9 @@ class OrderAggregator:
         return True
 
     def _finish_commit(self, in_rebalance: bool = False, from_loop: bool = False) -> bool:
-        """Wait for the commit in flight, if any, and act on its outcome; then send the dead letters
-        held meanwhile, in the new transaction. False when it (or they) failed: rolled back.
-        From the loop, at-least-once's offset commit is not waited for (see _offsets_settled)."""
+        """Wait for the commit in flight, if any, and act on its outcome. False when it failed:
+        rolled back. From the loop, at-least-once's offset commit is not waited for (see
+        _offsets_settled)."""
         job = self.committing
         if job is None:
             return True
@@ -576,8 +582,18 @@ class OrderAggregator:
         if from_loop and not self._offsets_settled(job):
             return True  # at-least-once: the unit's offset commit is on its way; the loop goes on
         self.committing = None
-        if not self._end_commit(job, in_rebalance):
-            return False
+        return self._end_commit(job, in_rebalance)
+
+    def _send_held(self, in_rebalance: bool) -> bool:
+        """Dead-letter the failures held so far, into the open unit (its transaction, or the
+        deliveries its commit waits for). False when one could not even be queued: rolled back.
+
+        Failures are held until the unit's commit begins, not sent one by one as met: a message
+        produced alone into an idle producer costs 30-50 us (waking librdkafka's broker thread,
+        code cold in the caches) against 8-11 us in a burst, and 1 % poison among good orders
+        cost exactly-once 0.4-0.5 s of CPU per 200,000 messages sent alone."""
+        if not self.held:
+            return True
         held, self.held = self.held, []
         try:
             for state, message, failure in held:
@@ -738,6 +754,7 @@ class OrderAggregator:
         else:
             settle(self.producer)  # the abandoned unit's messages end before it is redone
         self.delivery_errors.clear()
+        self.held.clear()  # failures of the undone unit: their messages are read again
         for partition in self.dirty:
             snapshot = self.committed[partition]
             undone = self.states[partition].aggregate
@@ -823,7 +840,8 @@ class OrderAggregator:
                 delay = self.retry.backoff(min(failures, 10))
                 if self.stop or (error is not None and error.fatal()) or time.monotonic() + delay > deadline:
                     names = ", ".join(f"{self.topic}[{tp.partition}]" for tp in partitions)
-                    self._fail(f"could not take over {names}: reading where they stand failed for "
+                    what = "stopped, as asked, while" if self.stop else "could not finish"
+                    self._fail(f"{what} taking over {names}: reading where they stand failed for "
                                f"{time.monotonic() - began_at:.0f}s ({reason}); nothing was processed for them, "
                                "and a restart takes them over")
                 log.warning("reading where the assigned partitions stand failed (%s); retrying in %.1fs",

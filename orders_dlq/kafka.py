@@ -138,7 +138,9 @@ def require_topics(client, topics: list[str], timeout: float = 10.0) -> dict:
     a restart) is waited for up to `timeout`; a refusal (not authorized) is said as it is."""
     started = time.monotonic()
     while True:
-        metadata = client.list_topics(timeout=timeout)
+        # Each ask gets what is left of the wait (a second at least): a broker that stops answering
+        # half-way must not stretch it to twice `timeout`.
+        metadata = client.list_topics(timeout=max(1.0, timeout - (time.monotonic() - started)))
         missing, errors = topic_problems(metadata, topics)
         waited = time.monotonic() - started
         if missing and waited >= MISSING_TOPIC_GRACE_SECONDS:

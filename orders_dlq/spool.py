@@ -67,7 +67,8 @@ def _use_write_ahead_log(db: sqlite3.Connection, patience: float) -> None:
             db.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
+            # SQLITE_BUSY is "database is locked"; its extended codes (busy recovery, snapshot) too.
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.1)
