@@ -158,10 +158,12 @@ class SlowOnceAggregator(OrderAggregator):
 def one_unit_engine(engine_class: type[OrderAggregator], pipeline: Pipeline) -> OrderAggregator:
     """An exactly-once engine whose unit of work is the whole topic (commit interval 60 s): a stall
     always falls inside the open transaction that holds its dead letters. (With 100 ms units it may
-    fall while a commit is in flight on its thread, when no transaction is open and none can time out.)"""
+    fall while a commit is in flight on its thread, when no transaction is open and none can time out.)
+    Failures are dead-lettered when the unit's commit begins, or a batch at a time once batch_size are
+    held: a batch of 10 opens the transaction with the first ten bad orders, long before the stall."""
     settings = KafkaSettings(pipeline.bootstrap, pipeline.topic, pipeline.dlq_topic)
     return engine_class(settings, group=pipeline.group, state_topic=pipeline.state_topic,
-                        guarantee="exactly-once", batch_size=100, commit_interval=60.0,
+                        guarantee="exactly-once", batch_size=10, commit_interval=60.0,
                         retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05))
 
 
