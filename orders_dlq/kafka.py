@@ -111,12 +111,19 @@ def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClie
 # A topic named in a tool's settings that no broker knows yet may be one a setup created a moment
 # ago (each broker learns of a new topic on its own): it is asked for again this long.
 MISSING_TOPIC_GRACE_SECONDS = 2.0
+
+# A partition between two leaders, or a broker not answering yet: errors that pass by themselves
+# while Kafka moves leadership or comes back. Each caller adds what else it may wait out: a topic
+# not ready yet (require_topics), a reader's passing errors (reading.py), a delivery worth another
+# attempt (retry.py).
+LEADERSHIP_IN_TRANSIT = frozenset({KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+                                   KafkaError._TRANSPORT, KafkaError._TIMED_OUT})
+
 # Topic errors in metadata that pass by themselves (a new topic before its leader is elected, a
 # broker loading its logs after a restart). Metadata errors carry no retriable() flag of their own.
-NOT_READY_TOPIC_ERRORS = {KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
-                          KafkaError.REPLICA_NOT_AVAILABLE, KafkaError.BROKER_NOT_AVAILABLE,
-                          KafkaError.REQUEST_TIMED_OUT, KafkaError.KAFKA_STORAGE_ERROR,
-                          KafkaError._TRANSPORT, KafkaError._TIMED_OUT}
+NOT_READY_TOPIC_ERRORS = LEADERSHIP_IN_TRANSIT | {
+    KafkaError.REPLICA_NOT_AVAILABLE, KafkaError.BROKER_NOT_AVAILABLE, KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.KAFKA_STORAGE_ERROR}
 
 
 def topic_problems(metadata, topics: list[str]) -> tuple[list[str], dict[str, KafkaError]]:

@@ -17,6 +17,7 @@ from datetime import datetime
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from orders_dlq.errors import ToolFailure
+from orders_dlq.kafka import LEADERSHIP_IN_TRANSIT
 from orders_dlq.logs import log
 
 STALL_TIMEOUT = 60.0
@@ -29,8 +30,7 @@ def _failure(what: str, exc: KafkaException) -> ToolFailure:
 
 
 # A topic just created, or whose leader just moved, answers these for a moment: ask again.
-PASSING_ERRORS = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT, KafkaError._TIMED_OUT}
+PASSING_ERRORS = LEADERSHIP_IN_TRANSIT | {KafkaError.UNKNOWN_TOPIC_OR_PART}
 
 
 def _asked(call, what: str, patience: float = 3 * CALL_TIMEOUT):

@@ -8,20 +8,17 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError
 
 from orders_dlq.codec import DecodeError
+from orders_dlq.kafka import LEADERSHIP_IN_TRANSIT
 from orders_dlq.orders import InvalidOrder
 from orders_dlq.settings import non_negative, positive, setting
 
 # Delivery errors that say "the cluster could not be reached in time", worth another attempt.
-RETRYABLE_DELIVERY_ERRORS = {
+RETRYABLE_DELIVERY_ERRORS = LEADERSHIP_IN_TRANSIT | {
     KafkaError._MSG_TIMED_OUT,
-    KafkaError._TIMED_OUT,
-    KafkaError._TRANSPORT,
     KafkaError._ALL_BROKERS_DOWN,
     KafkaError.NOT_ENOUGH_REPLICAS,
     KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
     KafkaError.REQUEST_TIMED_OUT,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.NOT_LEADER_FOR_PARTITION,
 }
 
 
