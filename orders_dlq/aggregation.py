@@ -32,6 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from orders_dlq import metrics, transactions
 from orders_dlq.changelog import PartitionState, read_states, state_key
 from orders_dlq.codec import DecodeError, order_codec
+from orders_dlq.dead_letter import utc_now_iso
 from orders_dlq.dlq import DeadLetterProducer
 from orders_dlq.errors import ToolFailure
 from orders_dlq.kafka import (
@@ -455,11 +456,13 @@ class OrderAggregator:
                 time.sleep(delay)
         return None
 
-    def _send_dead_letter(self, state: PartitionState, message, failure: Failure) -> None:
+    def _send_dead_letter(self, state: PartitionState, message, failure: Failure,
+                          error_timestamp: str | None = None) -> None:
         try:
             reason = self.dead_letters.send_failure(message, failure.order, failure.stage, failure.error,
                                                     failure.retries, self.group,
-                                                    None if self.exactly_once else self.delivery_errors)
+                                                    None if self.exactly_once else self.delivery_errors,
+                                                    error_timestamp)
         finally:
             # A processing error keeps its traceback until here (the original format writes it as
             # the stack trace header); written, or its unit undone, it would only keep a cycle.
@@ -595,9 +598,10 @@ class OrderAggregator:
         if not self.held:
             return True
         held, self.held = self.held, []
+        written_at = utc_now_iso()  # one time for the batch: they are written together
         try:
             for state, message, failure in held:
-                self._send_dead_letter(state, message, failure)
+                self._send_dead_letter(state, message, failure, written_at)
         except (KafkaException, BufferError) as exc:
             self._rollback(exc, in_rebalance)
             return False

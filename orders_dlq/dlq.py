@@ -223,27 +223,31 @@ class DeadLetterProducer:
             self._produce(self.topic, key, value, headers, self._delivery_callback(on_delivery))
 
     def send_failure(self, message, order: dict | None, stage: str, error: BaseException, retries: int,
-                     failed_by: str, on_delivery=None) -> str:
+                     failed_by: str, on_delivery=None, error_timestamp: str | None = None) -> str:
         """Dead-letter one consumed message that failed at `stage`; returns the reason written.
 
         The same message as send(dead_letter_of_message(...)) (a property test checks the bytes),
         written without building and fitting a DeadLetter when every field already fits as it is:
         a poison flood dead-letters every message, and those two steps were half of its cost.
         Anything unusual (original format, hostile text, a large message, headers that need
-        cleaning) takes the general way."""
+        cleaning) takes the general way. `error_timestamp`: when the dead letter is written (now
+        by default; the consumer stamps a whole unit's dead letters with one time)."""
         reason = error_text(error)
-        sent = self._send_plain_failure(message, order, stage, error, reason, retries, failed_by, on_delivery)
+        error_timestamp = error_timestamp or utc_now_iso()
+        sent = self._send_plain_failure(message, order, stage, error, reason, retries, failed_by, on_delivery,
+                                        error_timestamp)
         if not sent:
             dead_letter = dead_letter_of_message(
-                message, order, stage, error, retries, failed_by,
+                message, order, stage, error, retries, failed_by, error_timestamp=error_timestamp,
                 with_stacktrace=stage == "process" and self.format == "original")
             self.send(dead_letter, on_delivery)
         return reason
 
-    def _send_plain_failure(self, message, order, stage, error, reason, retries, failed_by, on_delivery) -> bool:
+    def _send_plain_failure(self, message, order, stage, error, reason, retries, failed_by, on_delivery,
+                            error_timestamp: str) -> bool:
         """send_failure()'s fast way; False (nothing sent) when the message needs the general one."""
         encoded = self.encode_plain_failure(message, order, stage, error, reason, retries, failed_by,
-                                            utc_now_iso())
+                                            error_timestamp)
         if encoded is None:
             return False
         key, value, headers = encoded

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import fastavro
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orders_dlq import codec as codec_module
-from orders_dlq.codec import DecodeError, dead_letter_codec, load_schema, money, order_codec
+from orders_dlq.codec import DecodeError, avro_long, dead_letter_codec, load_schema, money, order_codec
 from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec
 from orders_dlq.errors import UsageError
 from orders_dlq.orders import InvalidOrder, validate
@@ -271,3 +273,14 @@ def test_dead_letter_round_trip_with_all_optional_fields_empty():
     back = DeadLetter.from_record(codec.codec.decode(codec.encode(letter)))
     assert back == letter
     assert back.original_key is None and back.original_value is None and back.original_headers == []
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1),
+                 st.integers(min_value=-(2**15), max_value=2**29),
+                 st.sampled_from([0, 63, 64, 8191, 8192, 2**20 - 1, 2**20, 2**27 - 1, 2**27, 2**41 - 1, 2**41,
+                                  2**48 - 1, 2**48, 2**55 - 1, 2**55, 2**63 - 1, -1, -64, -65, -(2**63)])))
+def test_avro_long_writes_the_bytes_fastavro_writes(value):
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "long", value)
+    assert avro_long(value) == out.getvalue()
