@@ -119,11 +119,11 @@ def without_frames(error: BaseException) -> BaseException:
     """The error of a failed message, without its traceback and chained errors.
 
     For a message that is no valid order the reason is its content, not where it was raised; a
-    processing error's traceback is dropped once its dead letter is written. The traceback's frames reach
-    back to the caller's, whose locals hold the Failure that holds this error: a reference cycle
-    per poison message, which only Python's cyclic collector frees. In a poison flood that was
-    three frames, three tracebacks and a Message per dead letter, and 15 % of the consumer's CPU
-    in collections (50,000 dead letters: 0.7 s of 4.5 s)."""
+    processing error's traceback is dropped once its dead letter is written. A traceback's frames
+    reach back to the caller's, whose locals hold the Failure that holds this error: a reference
+    cycle per failed message, which only Python's cyclic collector frees. In a poison flood that
+    was three frames, three tracebacks and a Message per dead letter, and 15 % of the consumer's
+    CPU in collections (50,000 dead letters: 0.7 s of 4.5 s)."""
     error.__traceback__ = error.__context__ = error.__cause__ = None
     return error
 
