@@ -46,7 +46,8 @@ def build_parser():
                         help="stop after this long without a new message")
     parser.add_argument("--commit-interval-ms", type=positive(int),
                         help="how often work is committed (env COMMIT_INTERVAL_MS, default 100)")
-    parser.add_argument("--batch-size", type=positive(int), help="messages per consume call (default 1000)")
+    parser.add_argument("--batch-size", type=positive(int),
+                        help="messages per consume call, and dead letters written at a time in a flood (default 1000)")
     parser.add_argument("--print-interval", type=non_negative(float), default=1.0, metavar="SECONDS",
                         help="print the running average at most this often (0 = never; default 1)")
     parser.add_argument("--latency", action="store_true",
