@@ -560,8 +560,7 @@ class OrderAggregator:
                 raise job.error
             # Everything since the last commit is undone: this unit, and what followed it.
             self.dirty.update(job.snapshots)
-            self.held.clear()  # their messages are read again from the committed offsets
-            self._rollback(job.error, in_rebalance)
+            self._rollback(job.error, in_rebalance)  # drops the held failures too: read again
             if in_rebalance and self.incremental:
                 self.reseek = bool(self.committed)  # no seek inside a rebalance: the loop seeks
             return False

@@ -231,7 +231,10 @@ def avro_long(value: int) -> bytes:
         return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
     if value < 0x10000000:
         return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80, value >> 21))
-    if value < 0x40000000000 and value >> 35:
+    if value < 0x800000000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80,
+                      value >> 21 & 0x7F | 0x80, value >> 28))
+    if value < 0x40000000000:
         # Six bytes: millisecond timestamps from 1971 to 2039 (a dead letter's original timestamp).
         return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14 & 0x7F | 0x80,
                       value >> 21 & 0x7F | 0x80, value >> 28 & 0x7F | 0x80, value >> 35))
