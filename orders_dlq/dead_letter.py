@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
+
 from orders_dlq.codec import PRICE_SCALE, AvroCodec, DecodeError, avro_decimal, avro_length, avro_long, unscaled_cents
 
 STAGES = ("produce", "deserialize", "validate", "process")
@@ -183,6 +185,9 @@ class DeadLetter:
     headers_unreadable: str | None = None
     # Only in the original format's stack trace headers: the Python traceback, when there was one.
     stacktrace: str | None = None
+    # How original_timestamp was set: by the producer (CreateTime, the default) or by the broker,
+    # for a topic with message.timestamp.type=LogAppendTime. Only in Spring's timestamp-type header.
+    log_append_time: bool = False
 
     @classmethod
     def for_order(cls, order: dict | None, **context) -> DeadLetter:
@@ -221,6 +226,7 @@ class DeadLetter:
             original_sha256=_fit_optional_text(self.original_sha256, 64),
             headers_unreadable=_fit_optional_text(self.headers_unreadable, 500),
             stacktrace=_fit_optional_text(self.stacktrace, MAX_STACKTRACE),
+            log_append_time=self.log_append_time is True,
         )
 
     def reduced_to_fit(self, level: int = 1) -> DeadLetter:
@@ -272,7 +278,8 @@ class DeadLetter:
                                self.failed_by, self.error_type, self.error_stage, self.error_timestamp,
                                self.retry_count, self.replay_count, self.original_partition, self.original_offset,
                                self.original_timestamp,
-                               [(k, v.encode("utf-8", "backslashreplace")) for k, v in text.items()])
+                               [(k, v.encode("utf-8", "backslashreplace")) for k, v in text.items()],
+                               self.log_append_time)
 
     def original_format_headers(self, instance: str) -> list[tuple[str, bytes]]:
         """The headers of this dead letter in the original format: those of headers(), plus what a
@@ -323,6 +330,7 @@ def dead_letter_of_message(message, order: dict | None, stage: str, error: BaseE
         original_partition=message.partition(),
         original_offset=message.offset(),
         original_timestamp=timestamp if timestamp_type else None,
+        log_append_time=timestamp_type == TIMESTAMP_LOG_APPEND_TIME,
         original_key=message.key(),
         original_value=message.value(),
         original_headers=headers,
@@ -394,9 +402,11 @@ def _context_headers(topic: str, failed_by: str, error_type: str, stage: str) ->
 
 def context_headers(kept: list, reason: str, topic: str, failed_by: str, error_type: str, stage: str,
                     timestamp: str, retry_count: int, replay_count: int, partition: int | None,
-                    offset: int | None, original_timestamp: int | None, extra: list = ()) -> list:
+                    offset: int | None, original_timestamp: int | None, extra: list = (),
+                    log_append_time: bool = False) -> list:
     """A dead letter's Kafka headers: the original ones kept, then the context in Spring's,
     Connect's and our names (`extra`: what a reduced dead letter left out), then the format mark.
+    `log_append_time`: the original timestamp is the broker's append time, not the producer's.
     What repeats from one dead letter to the next is encoded once (see _context_headers)."""
     reason_bytes = reason.encode("utf-8", "backslashreplace")
     spring, connect, stage_header, failed_by_header = _context_headers(topic, failed_by, error_type, stage)
@@ -410,12 +420,16 @@ def context_headers(kept: list, reason: str, topic: str, failed_by: str, error_t
     if offset is not None:
         out += [(SPRING_OFFSET, struct.pack(">q", offset)), (CONNECT_PREFIX + "offset", str(offset).encode())]
     if original_timestamp is not None:
-        out += [(SPRING_TIMESTAMP, struct.pack(">q", original_timestamp)), (SPRING_TIMESTAMP_TYPE, b"CreateTime")]
+        out += [(SPRING_TIMESTAMP, struct.pack(">q", original_timestamp)),
+                _LOG_APPEND_TIME if log_append_time else _CREATE_TIME]
     out.append(_FORMAT_MARK)
     return out
 
 
 _FORMAT_MARK = (FORMAT_HEADER, FORMAT_AVRO)
+# Spring's names of Kafka's TimestampType values.
+_CREATE_TIME = (SPRING_TIMESTAMP_TYPE, b"CreateTime")
+_LOG_APPEND_TIME = (SPRING_TIMESTAMP_TYPE, b"LogAppendTime")
 _SMALL_DECIMALS = [str(n).encode() for n in range(16)]
 
 
@@ -488,6 +502,7 @@ class DeadLetterCodec:
         if (FORMAT_HEADER, FORMAT_AVRO) in headers:
             dead_letter = DeadLetter.from_record(self.codec.decode(value))
             named = dict(headers)
+            dead_letter.log_append_time = named.get(SPRING_TIMESTAMP_TYPE) == b"LogAppendTime"
             if REDUCED_HEADER in named:
                 dead_letter.reduced = _header_text(named, REDUCED_HEADER)
                 dead_letter.original_size = _header_int(named, None, ORIGINAL_SIZE_HEADER)
@@ -536,6 +551,7 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
         original_partition=_header_int(headers, SPRING_PARTITION, CONNECT_PREFIX + "partition"),
         original_offset=_header_int(headers, SPRING_OFFSET, CONNECT_PREFIX + "offset"),
         original_timestamp=_header_int(headers, SPRING_TIMESTAMP, None),
+        log_append_time=headers.get(SPRING_TIMESTAMP_TYPE) == b"LogAppendTime",
         failed_by=(_header_text(headers, SPRING_GROUP)
                    or _header_text(headers, CONNECT_PREFIX + "connector.name") or "unknown"),
         retry_count=_header_int(headers, None, RETRY_COUNT_HEADER) or 0,
@@ -579,7 +595,7 @@ def _stage_of(headers: dict) -> str:
 # The dataclass fields that are Avro record fields (the others travel as headers only).
 RECORD_FIELDS = tuple(f.name for f in fields(DeadLetter)
                       if f.name not in ("reduced", "original_size", "original_sha256", "headers_unreadable",
-                                        "stacktrace"))
+                                        "stacktrace", "log_append_time"))
 
 
 def reason_category(reason: str) -> str:

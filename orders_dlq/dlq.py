@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource
 
 from orders_dlq import transactions
@@ -295,6 +295,7 @@ class DeadLetterProducer:
         if not (type(partition) is int and 0 <= partition <= INT_MAX and type(offset) is int and offset >= 0
                 and (key is None or type(key) is bytes) and (value is None or type(value) is bytes)):
             return None
+        log_append_time = timestamp_type == TIMESTAMP_LOG_APPEND_TIME
         timestamp = timestamp if timestamp_type else None
         replay_count = replay_count_of(headers)
         encoded = self.codec.encode_fields(order_id, product, price, reason, error_type, stage, error_timestamp,
@@ -304,7 +305,8 @@ class DeadLetterProducer:
         if 2 * len(encoded) + len(key or b"") + CONTEXT_HEADERS_BOUND > self.max_bytes:
             return None
         return key, encoded, context_headers(headers, reason, topic, failed_by, error_type, stage, error_timestamp,
-                                             retries, replay_count, partition, offset, timestamp)
+                                             retries, replay_count, partition, offset, timestamp, (),
+                                             log_append_time)
 
     def _delivery_callback(self, on_delivery):
         if on_delivery is None:

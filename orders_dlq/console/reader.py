@@ -343,7 +343,8 @@ def dead_letter_json(letter: DeadLetter) -> dict:
     data = {}
     for name in ("error_reason", "error_type", "error_stage", "error_timestamp", "original_topic", "failed_by",
                  "retry_count", "replay_count", "order_id", "product", "original_partition", "original_offset",
-                 "original_timestamp", "reduced", "original_size", "original_sha256", "headers_unreadable"):
+                 "original_timestamp", "log_append_time", "reduced", "original_size", "original_sha256",
+                 "headers_unreadable"):
         data[name] = getattr(letter, name)
     data["price"] = None if letter.price is None else str(letter.price)
     data["original_key"] = text_or_hex(letter.original_key)

@@ -7,9 +7,12 @@ import json
 import struct
 
 import pytest
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from conftest import Pipeline, a_valid_order, encode_order, produce
 
-from orders_dlq.dead_letter import DeadLetter
+from orders_dlq.codec import dead_letter_codec
+from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec
 from orders_dlq.dlq import DeadLetterProducer
 from orders_dlq.settings import KafkaSettings
 from orders_dlq.spool import Spool
@@ -154,3 +157,34 @@ def test_a_spooled_produce_failure_is_drained_in_the_configured_format(pipeline:
     assert (headers["dlq.format"], headers["__connect.errors.stage"]) == (b"original", b"produce")
     assert "kafka_dlt-original-partition" not in headers  # a produce failure never had a partition
     assert "dlq.spool.id" in headers  # what makes a drain exactly-once
+
+
+@pytest.mark.parametrize("dlq_format", ["envelope", "original"])
+def test_an_orders_topic_stamped_by_the_broker_gives_dead_letters_that_say_so(pipeline: Pipeline, admin,
+                                                                               dlq_format):
+    """On a topic with message.timestamp.type=LogAppendTime the original timestamp is the broker's
+    append time: Spring's timestamp-type header must say LogAppendTime, and the timestamp must be
+    the one a reader of the orders topic sees, through the consumer's fast and general ways alike
+    (a poison message fits as it is; a header that needs escaping takes the general way)."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, pipeline.topic, incremental_configs=[
+        ConfigEntry("message.timestamp.type", "LogAppendTime", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(30)
+    produce(pipeline.bootstrap, pipeline.topic, [
+        (b"fast", POISON, None),
+        (b"general", POISON, [("kafka_dlt-exception-message", b"an earlier failure's context")]),
+        (b"good", encode_order(a_valid_order("2.50")), None)])
+    originals = {m.key(): m for m in pipeline.read(pipeline.topic)}
+    assert all(m.timestamp()[0] == TIMESTAMP_LOG_APPEND_TIME for m in originals.values())
+
+    summary = pipeline.consume("--dlq-format", dlq_format)
+
+    assert (summary["processed"], summary["dead_lettered"]) == (1, 2)
+    letters = {m.key(): m for m in pipeline.read(pipeline.dlq_topic)}
+    assert set(letters) == {b"fast", b"general"}
+    codec = DeadLetterCodec(dead_letter_codec())
+    for key, letter in letters.items():
+        headers = dict(letter.headers())
+        assert headers["kafka_dlt-original-timestamp-type"] == b"LogAppendTime", key
+        assert headers["kafka_dlt-original-timestamp"] == struct.pack(">q", originals[key].timestamp()[1]), key
+        read = codec.decode_message(letter.value(), letter.headers(), letter.key(), pipeline.dlq_topic)
+        assert read.log_append_time is True and read.original_timestamp == originals[key].timestamp()[1], key

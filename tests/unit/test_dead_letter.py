@@ -7,9 +7,17 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME, Message
 
 from orders_dlq.codec import DecodeError, dead_letter_codec
-from orders_dlq.dead_letter import FORMAT_AVRO, FORMAT_HEADER, DeadLetter, DeadLetterCodec, dead_letter_from_headers
+from orders_dlq.dead_letter import (
+    FORMAT_AVRO,
+    FORMAT_HEADER,
+    DeadLetter,
+    DeadLetterCodec,
+    dead_letter_from_headers,
+    dead_letter_of_message,
+)
 
 
 def make_letter(**changes) -> DeadLetter:
@@ -261,3 +269,17 @@ def test_the_cheap_failure_timestamp_is_the_utc_iso_time_of_now():
         after = datetime.now(UTC)
         assert stamped.utcoffset().total_seconds() == 0
         assert before <= stamped <= after
+
+
+@pytest.mark.parametrize("timestamp_type, header", [(TIMESTAMP_CREATE_TIME, b"CreateTime"),
+                                                    (TIMESTAMP_LOG_APPEND_TIME, b"LogAppendTime")])
+def test_the_timestamp_type_of_the_original_travels_in_spring_s_header_and_back(codec, timestamp_type, header):
+    message = Message(topic="orders", partition=1, offset=9, key=b"k", value=b"\x00poison",
+                      timestamp=(timestamp_type, 1_764_385_200_000))
+    letter = dead_letter_of_message(message, None, "deserialize", ValueError("no order"), 0, "group")
+    headers = letter.headers()
+    assert dict(headers)["kafka_dlt-original-timestamp-type"] == header
+    assert codec.decode_message(codec.encode(letter), headers).log_append_time is (header == b"LogAppendTime")
+    original = letter.original_format_headers("host:1")
+    assert dead_letter_from_headers(b"\x00poison", original, b"k").log_append_time is (header == b"LogAppendTime")
+    assert letter.fitted().log_append_time is letter.log_append_time
