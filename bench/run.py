@@ -197,6 +197,15 @@ class Bench:
                  if k in ("rate", "p50_ms", "p99_ms", "maxrss_mb", "count", "broker_jit_cpu_s")}
         self.log(f"{case}: {shown}")
 
+    def cpu_per_message(self, count: int, script_cpu_s: float, broker_before: float | None) -> dict:
+        """CPU microseconds per message of the script (its start-up included) and of the broker
+        over the same run: on a machine whose cores the broker shares, their sum bounds the rate."""
+        broker_after = process_cpu_seconds(self.broker_pid)
+        out = {"cpu_us_per_message": script_cpu_s / count * 1e6}
+        if broker_before is not None and broker_after is not None:
+            out["broker_cpu_us_per_message"] = (broker_after - broker_before) / count * 1e6
+        return out
+
     def guarded(self, case: str, fn, *args):
         try:
             return fn(*args)
@@ -255,11 +264,13 @@ class Bench:
 
     # 1. limits and the original design
     def limit(self, case: str, loop: str, topic: str, count: int, *extra: str) -> dict:
+        broker_before = process_cpu_seconds(self.broker_pid)
         data, proc = self.scripts.json([LIMITS, loop, "-b", self.bootstrap, "-t", topic, "--count", str(count),
                                         *extra])
         if data["count"] != count:
             raise BenchError(f"{loop}: {data['count']} of {count} messages")
-        run = {**data, "rate_whole": data["rate"], "wall_s": proc["wall"], "maxrss_mb": proc["maxrss_mb"]}
+        run = {**data, "rate_whole": data["rate"], "wall_s": proc["wall"], "maxrss_mb": proc["maxrss_mb"],
+               **self.cpu_per_message(count, proc["cpu_s"], broker_before)}
         if data.get("steady_rate"):
             run["rate"] = data["steady_rate"]  # the headline: 10%-90% of the messages, as for the scripts
         self.record(case, run)
@@ -267,6 +278,7 @@ class Bench:
 
     # 3. producer.py
     def producer(self, case: str | None, topic: str, count: int, *extra: str) -> dict:
+        broker_before = process_cpu_seconds(self.broker_pid)
         data, proc = self.scripts.json([script("producer.py"), "-t", topic, "--count", str(count), "--json",
                                         "--seed", "6", *extra])
         if data["sent"] != count:
@@ -274,7 +286,8 @@ class Bench:
         run = {"count": data["sent"], "rate": data["rate_per_second"], "seconds": data["elapsed_seconds"],
                "wall_s": proc["wall"], "rate_wall": count / proc["wall"], "rate_whole": count / proc["wall"],
                "maxrss_mb": proc["maxrss_mb"],
-               "cpu_s": proc["cpu_s"], "kinds": data["kinds"]}
+               "cpu_s": proc["cpu_s"], "kinds": data["kinds"],
+               **self.cpu_per_message(count, proc["cpu_s"], broker_before)}
         if case:
             self.record(case, run)
         return run
@@ -283,6 +296,7 @@ class Bench:
     def consumer(self, case: str, topic: str, count: int, guarantee: str, *extra: str) -> dict:
         idle = self.args.idle_timeout
         group = f"bench-{uuid.uuid4().hex[:8]}"
+        broker_before = process_cpu_seconds(self.broker_pid)
         data, proc = self.scripts.json([script("consumer_aggregation.py"), "-t", topic, "-g", group, "--guarantee",
                                         guarantee, "--idle-timeout", str(idle), "--json", *extra])
         match = RUN_LINE.search(proc["stderr"])
@@ -298,7 +312,8 @@ class Bench:
                "rate": steady or (processed + dead) / drain, "rate_steady": steady,
                "rate_whole": (processed + dead) / drain, "drain_s": drain, "run_s": run_s,
                "rate_wall": (processed + dead) / max(proc["wall"] - idle, 1e-3), "wall_s": proc["wall"],
-               "maxrss_mb": proc["maxrss_mb"], "cpu_s": proc["cpu_s"], "summary_processed": data["processed"]}
+               "maxrss_mb": proc["maxrss_mb"], "cpu_s": proc["cpu_s"], "summary_processed": data["processed"],
+               **self.cpu_per_message(count, proc["cpu_s"], broker_before)}
         self.record(case, run)
         return run
 
@@ -696,6 +711,18 @@ class ChangelogWatcher(threading.Thread):
         return visible, stamped
 
 
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds (user + system, every thread) a process has used so far, from /proc; None where
+    that cannot be read (no pid: the bench did not start the broker)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def jit_cpu_seconds(pid: int | None) -> float | None:
     """CPU seconds used so far by a HotSpot JVM's JIT compiler threads ("C1/C2 CompilerThread"),
     read from /proc; None where that cannot be read (no pid, not Linux, not HotSpot)."""
@@ -801,7 +828,8 @@ def summarize(results: dict, args) -> list[dict]:
                            "visible_p50_ms", "visible_p99_ms", "visible_all_p50_ms", "visible_all_p99_ms",
                            "hook_p50_ms", "hook_p99_ms", "p999_ms", "commit_p50_ms", "commit_p99_ms",
                            "first_page_s", "middle_page_s", "index_s",
-                           "changelog_stamp_p50_ms", "changelog_stamp_p99_ms")
+                           "changelog_stamp_p50_ms", "changelog_stamp_p99_ms", "cpu_us_per_message",
+                           "broker_cpu_us_per_message")
                           if median(runs, key) is not None}
         rates = [r["rate"] for r in runs if r.get("rate") is not None]
         if rates:
@@ -923,6 +951,18 @@ def table(report: dict) -> str:
                      f"{fmt(med.get('rate_whole')):>12} {fmt(whole, 2) + 'x' if whole else '':>9} "
                      f"{len(case['runs']):>5} {fmt(med.get('maxrss_mb'), 1):>12}  {notes.get(name, '')}"
                      + unsteady + (f"  ERRORS: {len(case['errors'])}" if case.get("errors") else ""))
+    lines += ["", f"CPU per message, median (the script's start-up included; {report['machine']['cores']} cores shared "
+                  "with the broker: cores / (script + broker) bounds the rate)"]
+    for name in ("limit_produce", "producer", "limit_consume", "consumer_at_least_once", "consumer_exactly_once",
+                 "limit_dead_letter_forward", "dead_letter_at_least_once", "dead_letter_exactly_once"):
+        med = results[name]["median"]
+        script_us, broker_us = med.get("cpu_us_per_message"), med.get("broker_cpu_us_per_message")
+        if script_us is None:
+            continue
+        total = script_us + (broker_us or 0)
+        bound = f"{report['machine']['cores'] * 1e6 / total:,.0f}/s" if broker_us is not None else "n/a"
+        lines.append(f"  {name:<34} script {script_us:6.1f} us + broker {fmt(broker_us, 1):>6} us = "
+                     f"{total:6.1f} us; bound {bound}")
     lines.append("")
     for name in ("latency_exactly_once", "latency_at_least_once"):
         med = results[name]["median"]
