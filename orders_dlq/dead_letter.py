@@ -3,7 +3,8 @@
 Headers follow two conventions that existing tools already read:
 - Spring Kafka's DeadLetterPublishingRecoverer (`kafka_dlt-*`): topic, group, exception class and
   message as UTF-8; partition as a 4-byte big-endian int; offset and timestamp as 8-byte
-  big-endian longs; timestamp type as the string "CreateTime"/"LogAppendTime".
+  big-endian longs; timestamp type as the string "CreateTime"/"LogAppendTime". Read back also
+  under the names of Spring's retry topics (kafka_original-*, kafka_exception-*).
 - Kafka Connect's errors.deadletterqueue.context.headers.enable (`__connect.errors.*`): all UTF-8
   strings, numbers in decimal.
 Our own `dlq.*` headers carry what neither has: stage, retry and replay counts, time of failure.
@@ -45,6 +46,15 @@ SPRING_GROUP = "kafka_dlt-original-consumer-group"
 SPRING_EXCEPTION_CLASS = "kafka_dlt-exception-fqcn"
 SPRING_EXCEPTION_MESSAGE = "kafka_dlt-exception-message"
 SPRING_STACKTRACE = "kafka_dlt-exception-stacktrace"
+SPRING_KEY_EXCEPTION_CLASS = "kafka_dlt-key-exception-fqcn"  # when the key failed to deserialize
+SPRING_KEY_EXCEPTION_MESSAGE = "kafka_dlt-key-exception-message"
+SPRING_KEY_STACKTRACE = "kafka_dlt-key-exception-stacktrace"
+SPRING_PREFIX = "kafka_dlt-"
+SPRING_ORIGINAL_PREFIX = SPRING_PREFIX + "original-"
+# Spring's non-blocking retries (@RetryableTopic) write the same context without "dlt-":
+# kafka_original-topic, kafka_exception-message, kafka_key-exception-fqcn, ... (read as the above).
+SPRING_RETRY_PREFIXES = ("kafka_original-", "kafka_exception-", "kafka_key-exception-")
+SPRING_PREFIXES = (SPRING_PREFIX, *SPRING_RETRY_PREFIXES)
 CONNECT_PREFIX = "__connect.errors."
 OUR_PREFIX = "dlq."
 # Marks a value that is our Avro DeadLetter record (other tools' DLQs hold the original bytes).
@@ -59,8 +69,8 @@ CONNECT_STAGE = CONNECT_PREFIX + "stage"
 # Connect's class.name is the class that was running when the record failed; ours, per stage.
 EXECUTING_CLASS = {"produce": "orders_dlq.delivery.OrderSender", "deserialize": "orders_dlq.codec.OrderCodec",
                    "validate": "orders_dlq.orders.validate", "process": "orders_dlq.aggregation.OrderAggregator"}
-# Header names we write ourselves; dead-lettering a replayed dead letter replaces them.
-ERROR_HEADER_PREFIXES = ("kafka_dlt-", CONNECT_PREFIX, OUR_PREFIX)
+# Dead-letter context (ours, Spring's and Connect's): dead-lettering a replayed dead letter replaces it.
+ERROR_HEADER_PREFIXES = (*SPRING_PREFIXES, CONNECT_PREFIX, OUR_PREFIX)
 REPLAY_COUNT_HEADER = OUR_PREFIX + "replay.count"
 STAGE_HEADER = OUR_PREFIX + "error.stage"
 TIMESTAMP_HEADER = OUR_PREFIX + "error.timestamp"
@@ -534,14 +544,14 @@ def _header_int(headers: dict, binary_name: str | None, text_name: str | None) -
 def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes | None,
                              dlq_topic: str = "") -> DeadLetter:
     """A dead letter written by Spring Kafka or Kafka Connect: the value is the original message."""
-    headers = dict(header_list)
+    headers = context_by_name(header_list)
     if not any(k.startswith(ERROR_HEADER_PREFIXES) for k in headers):
         raise DecodeError("neither our Avro dead letter nor a message with dead-letter headers")
-    reason = (_header_text(headers, SPRING_EXCEPTION_MESSAGE)
+    reason = (_header_text(headers, SPRING_EXCEPTION_MESSAGE) or _header_text(headers, SPRING_KEY_EXCEPTION_MESSAGE)
               or _header_text(headers, CONNECT_PREFIX + "exception.message") or "unknown")
     dead_letter = DeadLetter(
         error_reason=reason,
-        error_type=(_header_text(headers, SPRING_EXCEPTION_CLASS)
+        error_type=(_header_text(headers, SPRING_EXCEPTION_CLASS) or _header_text(headers, SPRING_KEY_EXCEPTION_CLASS)
                     or _header_text(headers, CONNECT_PREFIX + "exception.class.name") or "unknown"),
         error_stage=_stage_of(headers),
         error_timestamp=_header_text(headers, TIMESTAMP_HEADER) or "",
@@ -559,7 +569,8 @@ def dead_letter_from_headers(value: bytes | None, header_list: list, key: bytes 
         original_key=key,
         original_value=value,
         original_headers=without_error_context(header_list),
-        stacktrace=_header_text(headers, SPRING_STACKTRACE) or _header_text(headers, CONNECT_STACKTRACE),
+        stacktrace=(_header_text(headers, SPRING_STACKTRACE) or _header_text(headers, SPRING_KEY_STACKTRACE)
+                    or _header_text(headers, CONNECT_STACKTRACE)),
     )
     if REDUCED_HEADER in headers:
         dead_letter.reduced = _header_text(headers, REDUCED_HEADER)
@@ -589,7 +600,25 @@ def _stage_of(headers: dict) -> str:
     spring = _header_text(headers, SPRING_EXCEPTION_CLASS)
     if spring:
         return "deserialize" if "Deserializ" in spring or "Conversion" in spring else "process"
+    if SPRING_KEY_EXCEPTION_CLASS in headers:
+        return "deserialize"  # only the key could not be read
     return "unknown"
+
+
+def context_by_name(header_list) -> dict:
+    """A DLQ message's headers by name, Spring's under their kafka_dlt- names whichever of its two
+    conventions wrote them. Spring appends its original-* headers again each time a record is
+    dead-lettered anew (appendOriginalHeaders, on by default): the first of each names the
+    record's origin, so the first is kept; for every other name the last one counts (Spring
+    replaces its exception headers: stripPreviousExceptionHeaders)."""
+    by_name = {}
+    for name, value in header_list:
+        if name.startswith(SPRING_RETRY_PREFIXES):
+            name = SPRING_PREFIX + name[len("kafka_"):]
+        if name.startswith(SPRING_ORIGINAL_PREFIX) and name in by_name:
+            continue
+        by_name[name] = value
+    return by_name
 
 
 # The dataclass fields that are Avro record fields (the others travel as headers only).

@@ -30,6 +30,7 @@ from orders_dlq.dead_letter import (
     CONNECT_PREFIX,
     FORMAT_HEADER,
     OUR_PREFIX,
+    SPRING_PREFIXES,
     DeadLetter,
     DeadLetterCodec,
     reason_category,
@@ -49,7 +50,6 @@ MAX_REASONS = 12           # reason categories the chart keeps apart; the rest a
 BUCKET_SECONDS = 60
 MAX_BUCKETS = 8 * 24 * 60  # a week of minutes and a day more: the DLQ keeps 7 days
 OLDEST_KEPT = 1000         # the oldest dead letters remembered, to find the oldest open one
-SPRING_PREFIX = "kafka_dlt-"
 
 
 def small_reader_config(settings: KafkaSettings) -> dict:
@@ -73,7 +73,7 @@ def kind_of(headers: list | None, value: bytes | None) -> str:
     names = [name for name, _ in headers or ()]
     if FORMAT_HEADER in names:
         return "orders_dlq"
-    if any(name.startswith(SPRING_PREFIX) for name in names):
+    if any(name.startswith(SPRING_PREFIXES) for name in names):
         return "spring"
     if any(name.startswith(CONNECT_PREFIX) for name in names):
         return "connect"
@@ -312,7 +312,7 @@ class DlqReader:
         headers = message.headers() or []
         conventions = {"orders_dlq": [], "spring": [], "connect": [], "other": []}
         for name, value in headers:
-            group = ("orders_dlq" if name.startswith(OUR_PREFIX) else "spring" if name.startswith(SPRING_PREFIX)
+            group = ("orders_dlq" if name.startswith(OUR_PREFIX) else "spring" if name.startswith(SPRING_PREFIXES)
                      else "connect" if name.startswith(CONNECT_PREFIX) else "other")
             conventions[group].append({"name": name, "value": text_or_hex(value)})
         detail = {"row": row.to_json(), "position": f"{self.topic}[{message.partition()}]@{message.offset()}",

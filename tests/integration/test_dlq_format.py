@@ -188,3 +188,45 @@ def test_an_orders_topic_stamped_by_the_broker_gives_dead_letters_that_say_so(pi
         assert headers["kafka_dlt-original-timestamp"] == struct.pack(">q", originals[key].timestamp()[1]), key
         read = codec.decode_message(letter.value(), letter.headers(), letter.key(), pipeline.dlq_topic)
         assert read.log_append_time is True and read.original_timestamp == originals[key].timestamp()[1], key
+
+
+def test_spring_retry_topic_and_twice_dead_lettered_records_are_listed_and_replayed_to_their_origin(
+        pipeline: Pipeline):
+    """Two of Spring's other shapes: @RetryableTopic's recoverer (kafka_original-*, kafka_exception-*)
+    and a record dead-lettered twice (appendOriginalHeaders: a second set of original-* headers, the
+    first naming the origin). The tools list both with their origin and replay each there, without
+    Spring's context in the replayed message."""
+    retried, twice = a_valid_order("3.00", "Toffee"), a_valid_order("5.00", "Caramel")
+    retry_topic = (b"retried", encode_order(retried), [
+        ("kafka_original-topic", pipeline.topic.encode()), ("kafka_original-partition", struct.pack(">i", 2)),
+        ("kafka_original-offset", struct.pack(">q", 11)),
+        ("kafka_exception-fqcn", b"org.springframework.kafka.listener.ListenerExecutionFailedException"),
+        ("kafka_exception-message", b"Listener failed; stock service down"), ("app", b"kept")])
+    dead_lettered_twice = (b"twice", encode_order(twice), [
+        ("kafka_dlt-original-topic", pipeline.topic.encode()), ("kafka_dlt-original-partition", struct.pack(">i", 1)),
+        ("kafka_dlt-original-offset", struct.pack(">q", 21)),
+        ("kafka_dlt-original-topic", pipeline.dlq_topic.encode()),
+        ("kafka_dlt-original-partition", struct.pack(">i", 0)), ("kafka_dlt-original-offset", struct.pack(">q", 3)),
+        ("kafka_dlt-exception-message", b"failed again after a replay")])
+    produce(pipeline.bootstrap, pipeline.dlq_topic, [retry_topic, dead_lettered_twice])
+
+    listed = pipeline.scripts.run("dlq_consumer.py", "--jsonl")
+    letters = {letter["order_id"]: letter for letter in map(json.loads, listed.stdout.splitlines())}
+    assert set(letters) == {retried["order_id"], twice["order_id"]}, listed.stderr
+    first, second = letters[retried["order_id"]], letters[twice["order_id"]]
+    assert (first["original_topic"], first["original_partition"], first["original_offset"]) == (pipeline.topic, 2, 11)
+    assert (first["error_reason"], first["error_stage"]) == ("Listener failed; stock service down", "process")
+    assert (second["original_topic"], second["original_partition"], second["original_offset"]) == \
+        (pipeline.topic, 1, 21)
+    assert second["error_reason"] == "failed again after a replay"
+
+    result = pipeline.scripts.json("dlq_replay.py")
+
+    assert (result["selected"], result["replayed"]) == (2, 2)
+    replayed = {m.key(): m for m in pipeline.read(pipeline.topic)}
+    assert (replayed[b"retried"].partition(), replayed[b"twice"].partition()) == (2, 1)
+    assert replayed[b"retried"].value() == encode_order(retried)
+    for message in replayed.values():
+        names = [name for name, _ in message.headers()]
+        assert not [n for n in names if n.startswith(("kafka_dlt-", "kafka_original-", "kafka_exception-"))], names
+    assert ("app", b"kept") in replayed[b"retried"].headers()

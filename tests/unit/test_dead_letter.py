@@ -283,3 +283,47 @@ def test_the_timestamp_type_of_the_original_travels_in_spring_s_header_and_back(
     original = letter.original_format_headers("host:1")
     assert dead_letter_from_headers(b"\x00poison", original, b"k").log_append_time is (header == b"LogAppendTime")
     assert letter.fitted().log_append_time is letter.log_append_time
+
+
+def test_a_spring_retry_topic_dead_letter_is_read_from_its_kafka_original_headers():
+    """@RetryableTopic's recoverer names the context kafka_original-* and kafka_exception-*."""
+    headers = [
+        ("kafka_original-topic", b"payments"), ("kafka_original-partition", struct.pack(">i", 2)),
+        ("kafka_original-offset", struct.pack(">q", 77)), ("kafka_original-timestamp", struct.pack(">q", 1_000)),
+        ("kafka_original-timestamp-type", b"LogAppendTime"),
+        ("kafka_dlt-original-consumer-group", b"payments-service"),
+        ("kafka_exception-fqcn", b"org.springframework.kafka.listener.ListenerExecutionFailedException"),
+        ("kafka_exception-message", b"Listener failed; card declined"),
+        ("kafka_exception-stacktrace", b"at ..."), ("traceparent", b"00-abc"),
+    ]
+    letter = dead_letter_from_headers(b"original", headers, b"k", "payments-dlt")
+    assert (letter.original_topic, letter.original_partition, letter.original_offset) == ("payments", 2, 77)
+    assert (letter.original_timestamp, letter.log_append_time) == (1_000, True)
+    assert (letter.error_reason, letter.error_stage, letter.failed_by) == (
+        "Listener failed; card declined", "process", "payments-service")
+    assert letter.stacktrace == "at ..."
+    assert letter.original_headers == [("traceparent", b"00-abc")]  # Spring's context is not the original's
+
+
+def test_a_record_dead_lettered_twice_by_spring_keeps_its_first_origin_and_its_last_exception():
+    """appendOriginalHeaders (Spring's default) adds the original-* headers again at each hop."""
+    def hop(topic: bytes, offset: int) -> list:
+        return [("kafka_dlt-original-topic", topic), ("kafka_dlt-original-partition", struct.pack(">i", 0)),
+                ("kafka_dlt-original-offset", struct.pack(">q", offset))]
+    headers = [*hop(b"orders", 5), ("kafka_dlt-exception-message", b"first failure"),
+               *hop(b"orders.DLT", 9), ("kafka_dlt-exception-message", b"second failure")]
+    letter = dead_letter_from_headers(b"v", headers, None)
+    assert (letter.original_topic, letter.original_offset) == ("orders", 5)
+    assert letter.error_reason == "second failure"
+
+
+def test_a_spring_key_deserialization_failure_gives_its_reason_and_the_deserialize_stage():
+    headers = [("kafka_dlt-original-topic", b"orders"),
+               ("kafka_dlt-key-exception-fqcn",
+                b"org.springframework.kafka.support.serializer.DeserializationException"),
+               ("kafka_dlt-key-exception-message", b"failed to deserialize the key"),
+               ("kafka_dlt-key-exception-stacktrace", b"at key ...")]
+    letter = dead_letter_from_headers(b"v", headers, b"\xff")
+    assert (letter.error_reason, letter.error_stage, letter.stacktrace) == (
+        "failed to deserialize the key", "deserialize", "at key ...")
+    assert letter.error_type.endswith("DeserializationException")
