@@ -16,7 +16,7 @@ from dlq_producer import add_spool_argument, drain_spool_if_pending, open_dead_l
 from orders_dlq import cli, metrics
 from orders_dlq.delivery import OrderSender
 from orders_dlq.dlq import DeadLetterProducer
-from orders_dlq.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from orders_dlq.errors import EXIT_FAILURE, EXIT_OK, ToolFailure, UsageError
 from orders_dlq.kafka import reachable, reliable_producer_config, require_topics
 from orders_dlq.logs import log
 from orders_dlq.orders import OrderGenerator
@@ -60,7 +60,7 @@ def send_orders(sender: OrderSender, generator: OrderGenerator, codec, count: in
     produced = 0
     draw, good, encode, send = generator.random.random, generator.good_keyed, codec.encode_keyed, sender.send
     for produced in range(1, count + 1):
-        if stop:
+        if stop or sender.halted:  # halted: a failed order could not be kept, sending more would lose more
             produced -= 1
             break
         if rate:
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     produced, kinds = send_orders(sender, OrderGenerator(args.seed), codec, count, rate, bad_ratio, poison_ratio,
                                   stop, counts)
     elapsed = time.monotonic() - started
-    delivered, spooled = deliver_spooled(dead_letters, spool, producer, client_id, sender.failed)
+    delivered, spooled = deliver_spooled(dead_letters, spool, producer, client_id, sender.failed - sender.not_kept)
     dead_letters.close()
     metrics.SPOOL_SIZE.set(spool.count())
     summary = {
@@ -159,7 +159,10 @@ def main(argv=None) -> int:
         "elapsed_seconds": round(elapsed, 3),
         "rate_per_second": round(sender.delivered / elapsed, 1) if elapsed > 0 else 0.0,
         "spool": str(spool.path) if spooled else None,
+        "not_kept": sender.not_kept,
     }
+    if sender.not_kept:
+        summary["not_kept_order_ids"] = sender.not_kept_ids
     if args.json:
         print(json.dumps(summary))
     else:
@@ -170,6 +173,13 @@ def main(argv=None) -> int:
             print(f"{sender.failed} order(s) could not be delivered: {delivered} dead-lettered to "
                   f"{settings.dlq_topic}, {spooled} kept in the local spool {spool.path} "
                   "(sent to the DLQ when Kafka is back)")
+        if sender.not_kept:
+            print(f"{sender.not_kept} order(s) neither delivered nor kept: {' '.join(sender.not_kept_ids)}")
+    if sender.not_kept:
+        raise ToolFailure(
+            f"{sender.not_kept} order(s) could not be delivered to {settings.topic} nor kept in the spool "
+            f"{spool.path} ({sender.not_kept_cause}); sending stopped after {produced} of {count} orders, and the "
+            "ids of those not kept are on stdout: make room for the spool, then send them again")
     return EXIT_FAILURE if sender.failed or stop else EXIT_OK
 
 

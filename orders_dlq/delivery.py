@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError, Producer
 from orders_dlq import metrics, transactions
 from orders_dlq.codec import AvroCodec, DecodeError
 from orders_dlq.dead_letter import DeadLetter
+from orders_dlq.errors import NotKept
 from orders_dlq.logs import log
 
 UNREACHABLE_ERRORS = {KafkaError._MSG_TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT,
@@ -54,6 +55,12 @@ class OrderSender:
         self._finished = False
         self._failures: list[DeadLetter] = []  # not yet handed on: at most FAILURE_BATCH
         self.last_error: KafkaError | None = None
+        # Failed orders `on_failures` could not keep either (NotKept: the spool's disk is full, say).
+        # The first one halts sending; the orders still in librdkafka's queue then end, delivered
+        # or failed, so the ids kept here are bounded by that queue, not by the outage.
+        self.not_kept = 0
+        self.not_kept_ids: list[str] = []
+        self.not_kept_cause: str | None = None
 
     def send(self, key: bytes, value: bytes) -> None:
         """Hand one order to librdkafka (and serve delivery reports); the report decides success."""
@@ -83,8 +90,20 @@ class OrderSender:
     def _hand_on(self) -> None:
         if self._failures:
             failures, self._failures = self._failures, []
-            self.on_failures(failures)
             self.failed += len(failures)
+            try:
+                self.on_failures(failures)
+            except NotKept as exc:
+                # Not raised from here (this runs inside librdkafka's delivery callback, and the
+                # orders still queued would end unaccounted for): counted, named, and sending halts.
+                self.not_kept += len(failures)
+                self.not_kept_ids += [d.order_id or "?" for d in failures]
+                self.not_kept_cause = exc.cause
+
+    @property
+    def halted(self) -> bool:
+        """True once a failure could be neither delivered nor kept: sending more would lose more."""
+        return self.not_kept > 0
 
     def service(self, timeout: float = 0.0) -> None:
         """Serve delivery reports for `timeout` seconds and hand on what failed."""

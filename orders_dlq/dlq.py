@@ -32,7 +32,7 @@ from orders_dlq.dead_letter import (
     replay_count_of,
     utc_now_iso,
 )
-from orders_dlq.errors import ToolFailure
+from orders_dlq.errors import NotKept, ToolFailure
 from orders_dlq.foreign import with_order_fields
 from orders_dlq.kafka import (
     DEAD_LETTER_MAX_BYTES,
@@ -381,10 +381,11 @@ class DeadLetterProducer:
                                     origin=self.origin)
             except sqlite3.Error as exc:  # a full disk, a file made read-only or removed meanwhile
                 ids = [d.order_id or "?" for d in dead_letters[:10]]
-                raise ToolFailure(
+                raise NotKept(
                     f"{len(dead_letters)} dead letter(s) could not be delivered to {self.topic} nor kept in the "
                     f"spool {self.spool.path} ({exc}); send them again: order id(s) "
-                    f"{', '.join(ids)}{' ...' if len(dead_letters) > 10 else ''}") from None
+                    f"{', '.join(ids)}{' ...' if len(dead_letters) > 10 else ''}",
+                    len(dead_letters), str(exc), ids) from None
             log.warning("%d dead letter(s) kept in the local spool %s; they are sent to %s when Kafka is back "
                         "(`python dlq_producer.py --flush-spool`)", len(dead_letters), self.spool.path, self.topic)
         return len(dead_letters)

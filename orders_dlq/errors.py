@@ -10,3 +10,12 @@ class UsageError(Exception):
 
 class ToolFailure(Exception):
     """The run could not do its job: unreachable broker, missing topic, fenced. Exit 1."""
+
+
+class NotKept(ToolFailure):
+    """Dead letters Kafka could not take and the spool could not keep either (a full disk, a file
+    made read-only): `count` of them, `cause` the spool's error, `order_ids` the first ten."""
+
+    def __init__(self, sentence: str, count: int, cause: str, order_ids: list[str]):
+        super().__init__(sentence)
+        self.count, self.cause, self.order_ids = count, cause, order_ids

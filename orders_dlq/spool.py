@@ -103,7 +103,7 @@ class Spool:
                     self.db.execute(f"ALTER TABLE dead_letters ADD COLUMN {name} {kind}")
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._roll_back()
             raise
 
     def add(self, topic: str, key: bytes | None, value: bytes, headers: list, *, cluster_id: str | None = None,
@@ -192,8 +192,18 @@ class Spool:
             self.db.executemany(sql, params)
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._roll_back()
             raise
+
+    def _roll_back(self) -> None:
+        """Undo the open transaction, if SQLite has not already: after some errors (a full disk, an
+        I/O error) it rolls back by itself, and a ROLLBACK then fails with "no transaction is
+        active", which must not replace the error that says what went wrong."""
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the error being raised is the one that matters
 
     def drain_lock(self, wait: float = 3600.0) -> DrainLock:
         """An exclusive lock so two tools never drain the same spool at once."""

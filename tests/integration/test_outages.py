@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sqlite3
+import sys
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from conftest import (
     Pipeline,
+    Running,
     Scripts,
     assert_dead_lettered_exactly_once,
     assert_pipeline_exact,
@@ -21,6 +23,9 @@ from conftest import (
 )
 
 from orders_dlq import local_kafka
+from orders_dlq.codec import dead_letter_codec
+from orders_dlq.dead_letter import DeadLetterCodec
+from orders_dlq.spool import Spool
 
 pytestmark = pytest.mark.integration
 
@@ -217,6 +222,55 @@ def test_a_long_outage_spools_every_order_as_it_fails_and_the_counts_add_up(priv
     assert summary["produced"] == 30000
     assert summary["sent"] + summary["dead_lettered"] + summary["spooled"] == 30000
     assert summary["spooled"] == 30000 == spool_rows(spool)[0]
+
+
+# Runs a command with a cap on the size of any file it writes (RLIMIT_FSIZE): past it a write fails
+# with EFBIG, as on a full disk (Python ignores the SIGXFSZ that comes with it).
+WITH_FILE_SIZE_LIMIT = ("import os, resource, sys; limit = int(sys.argv[1]); "
+                        "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+                        "os.execv(sys.argv[2], sys.argv[2:])")
+
+
+def test_a_spool_that_fills_up_in_an_outage_stops_the_producer_with_every_order_accounted_for(
+        private_kafka, private_pipeline, tmp_path):
+    """Kafka goes down and the spool's disk fills up while producer.py runs: it must stop sending
+    (each further order would be lost), let the orders already queued end, and account for every
+    order it made: in Kafka, in the spool, or named as not kept; one sentence, exit 1, the spool's
+    own error in it (not a secondary "cannot rollback")."""
+    pipeline = private_pipeline
+    spool_path = tmp_path / "small-disk.sqlite3"
+    command = [sys.executable, "-c", WITH_FILE_SIZE_LIMIT, str(256 * 1024),
+               *pipeline.scripts.command("producer.py", "--count", 20000, "--rate", 500, "--delivery-timeout", 2,
+                                         "--spool", spool_path, "--json")]
+    producer = Running(command, pipeline.scripts.cwd, pipeline.scripts.env(), "producer")
+    try:
+        wait_for(lambda: written(pipeline) > 500, 60, "progress")
+        private_kafka.stop()
+        code = producer.process.wait(180)
+    finally:
+        if producer.running():
+            producer.kill()
+    private_kafka.start(timeout=120)
+    stderr = producer.stderr()
+    errors = [line for line in stderr.splitlines() if line.startswith("error")]
+    assert code == 1 and "Traceback" not in stderr and len(errors) == 1, stderr[-3000:]
+    assert "nor kept in the spool" in errors[0] and "no transaction is active" not in errors[0], errors[0]
+    summary = json.loads(producer.stdout().splitlines()[-1])
+    not_kept = summary.pop("not_kept_order_ids")
+    assert 0 < summary["not_kept"] == len(not_kept) == len(set(not_kept)), summary
+    assert summary["produced"] < 20000, "the producer went on sending orders it could not keep"
+    assert summary["produced"] == summary["sent"] + summary["dead_lettered"] + summary["spooled"] + summary["not_kept"]
+    spool = Spool(spool_path)
+    try:
+        codec = DeadLetterCodec(dead_letter_codec())
+        spooled = {codec.decode_message(row.value, row.headers).order_id for row in spool.pending()}
+    finally:
+        spool.close()
+    assert len(spooled) == summary["spooled"] and not spooled & set(not_kept)
+    in_kafka = {message.key().decode() for message in pipeline.read(pipeline.topic)}
+    assert len(in_kafka) >= summary["sent"]
+    # Every order is somewhere (one that timed out may be in Kafka as well: a timeout does not tell).
+    assert len(in_kafka | spooled | set(not_kept)) == summary["produced"]
 
 
 def test_a_spooled_row_that_cannot_be_drained_is_reported_and_kept_but_never_blocks(pipeline, scripts, tmp_path):
