@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Callable
@@ -57,6 +58,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     return args
 
 
+# A full disk, a file-size limit, a full quota.
+NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
     """Run a script's main and turn our exceptions into one sentence and an exit code."""
     try:
@@ -80,5 +85,14 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except BrokenPipeError:
         # Whoever read our stdout went away (`| head`): stop quietly, without a traceback at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_FAILURE
+    except OSError as exc:
+        if exc.errno not in NO_ROOM:
+            raise
+        # The disk under our output (or a file we write) is full: one sentence, and no second
+        # failure when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"error: no room left to write ({exc.strerror}): free space on the disk that holds the output",
+              file=sys.stderr)
         code = EXIT_FAILURE
     sys.exit(code)

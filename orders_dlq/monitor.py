@@ -440,6 +440,10 @@ class DlqMonitor:
             return self._handle(read_dead_letter(message, self.codec, self.settings.dlq_topic))
         except UnreadableRecord as exc:
             reason = str(exc)
+        except OSError:
+            # Our own output failed (its reader went away: `| head`; its disk is full), not the
+            # record: every further message would fail the same way. The CLI ends the run.
+            raise
         except Exception as exc:  # noqa: BLE001 - a dead letter we cannot show is passed over the same way
             reason = f"{type(exc).__name__}: {exc}"
             log.debug("showing %s[%d]@%d", message.topic(), message.partition(), message.offset(), exc_info=True)

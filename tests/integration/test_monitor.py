@@ -7,6 +7,8 @@ import json
 import re
 import signal
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from datetime import datetime
@@ -278,3 +280,45 @@ def test_since_and_until_compare_real_times_in_any_zone(pipeline: Pipeline):
     assert "--since must be before --until" in backwards.stderr
     assert "needs --follow" in pipeline.scripts.run("dlq_consumer.py", "--duration", 1, expect=2).stderr
 
+
+
+@pytest.fixture
+def dlq_of_3000(pipeline: Pipeline) -> Pipeline:
+    pipeline.produce_raw([b"\x00not an order %d" % n for n in range(3000)])
+    summary = pipeline.consume("--guarantee", "at-least-once")
+    assert summary["dead_lettered"] == 3000
+    return pipeline
+
+
+def test_a_reader_that_goes_away_ends_the_listing_at_once_not_message_by_message(dlq_of_3000: Pipeline):
+    """`dlq_consumer.py --jsonl | head -1`: the closed pipe is the tool's output failing, not 3,000
+    records that cannot be read; it stops quietly instead of warning once per remaining message."""
+    pipeline = dlq_of_3000
+    process = subprocess.Popen(pipeline.scripts.command("dlq_consumer.py", "--jsonl"), cwd=pipeline.scripts.cwd,
+                               env=pipeline.scripts.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()
+    try:
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert json.loads(first)["error_stage"] == "deserialize"
+    text = stderr.decode()
+    assert "is not a dead letter" not in text and "Traceback" not in text, text[-2000:]
+
+
+def test_output_to_a_full_disk_is_one_sentence_not_a_warning_per_dead_letter(dlq_of_3000: Pipeline):
+    """The listing's own output cannot be written (RLIMIT_FSIZE, as a full disk): exit 1, one
+    sentence, and no dead letter reported unreadable because of it."""
+    pipeline = dlq_of_3000
+    limited = [sys.executable, "-c", "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, "
+               "(4096, 4096)); os.execv(sys.argv[1], sys.argv[1:])",
+               *pipeline.scripts.command("dlq_consumer.py", "--jsonl")]
+    with open(pipeline.scripts.cwd / "listing.jsonl", "wb") as out:
+        result = subprocess.run(limited, cwd=pipeline.scripts.cwd, env=pipeline.scripts.env(), stdout=out,
+                                stderr=subprocess.PIPE, timeout=120)
+    stderr = result.stderr.decode()
+    errors = [line for line in stderr.splitlines() if line.startswith("error")]
+    assert result.returncode == 1 and len(errors) == 1 and "no room left to write" in errors[0], stderr[-2000:]
+    assert "is not a dead letter" not in stderr and "Traceback" not in stderr, stderr[-2000:]
