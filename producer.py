@@ -17,7 +17,7 @@ from orders_dlq import cli, metrics
 from orders_dlq.delivery import OrderSender
 from orders_dlq.dlq import DeadLetterProducer
 from orders_dlq.errors import EXIT_FAILURE, EXIT_OK, ToolFailure, UsageError
-from orders_dlq.kafka import reachable, reliable_producer_config, require_topics
+from orders_dlq.kafka import SHARED_ERRORS, fail_if_refused, reachable, reliable_producer_config, require_topics
 from orders_dlq.logs import log
 from orders_dlq.orders import OrderGenerator
 from orders_dlq.registry import add_registry_argument, frame_dead_letters, order_codec_for
@@ -134,7 +134,13 @@ def main(argv=None) -> int:
     producer = sender.producer
     # Asking the producer itself for metadata also opens its connection before the first order
     # is created, so the first orders do not wait for it.
-    if reachable(producer, timeout=3):
+    SHARED_ERRORS.quiet = True  # what the first look meets makes the one sentence or the warning below
+    answered = reachable(producer, timeout=3)
+    if not answered:
+        # Refused (a security setting wrong) is no outage: its orders would only fill the spool.
+        fail_if_refused(producer, settings)
+    SHARED_ERRORS.quiet = False
+    if answered:
         require_topics(producer, [settings.topic, settings.dlq_topic])
         dead_letters.cluster_id = producer.list_topics(timeout=5).cluster_id
         drain_spool_if_pending(dead_letters)

@@ -86,6 +86,16 @@ def reachable(client, timeout: float) -> bool:
         return False
 
 
+def fail_if_refused(client, settings: KafkaSettings, errors: ClientErrors = SHARED_ERRORS) -> None:
+    """After a client got no metadata: one sentence (ToolFailure) when a broker answered but refused
+    it (authentication, TLS, protocol), a configuration to fix, not an outage to wait out."""
+    client.poll(0)  # serve the error events queued meanwhile (error_cb runs only from poll)
+    last = errors.last
+    if last is not None and any(word in last.str() for word in REFUSAL_WORDS):
+        raise ToolFailure(f"Kafka at {settings.bootstrap_servers} refused the connection: {last.str()} "
+                          "(check the -X / KAFKA_CLIENT_CONFIG security settings)")
+
+
 def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClient:
     """An admin client for a cluster that answers, or one sentence saying it does not."""
     # Its errors are not logged: when the cluster does not answer, they make the one sentence.
@@ -94,12 +104,7 @@ def require_cluster(settings: KafkaSettings, timeout: float = 10.0) -> AdminClie
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException:
-        admin.poll(0)  # serve the error events queued meanwhile (error_cb runs only from poll)
-        last = errors.last
-        if last is not None and any(word in last.str() for word in REFUSAL_WORDS):
-            # The broker answered but refused us: authentication, TLS, protocol. Say that, not "down".
-            raise ToolFailure(f"Kafka at {settings.bootstrap_servers} refused the connection: {last.str()} "
-                              "(check the -X / KAFKA_CLIENT_CONFIG security settings)") from None
+        fail_if_refused(admin, settings, errors)
         raise ToolFailure(
             f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout:g}s "
             "(is the broker running? try `make kafka-up`, or set KAFKA_BOOTSTRAP_SERVERS)"
