@@ -69,6 +69,9 @@ CONTEXT_HEADERS_BOUND = 64 * 1024
 _STAGES = frozenset(STAGES)
 
 
+SPOOL_WARNING_SECONDS = 10.0
+
+
 def message_size(key: bytes | None, value: bytes | None, headers: list) -> int:
     """The uncompressed bytes a message takes in a record batch, close enough to compare with a limit."""
     size = BATCH_OVERHEAD_BYTES + len(key or b"") + len(value or b"")
@@ -130,6 +133,8 @@ class DeadLetterProducer:
         self.cluster_id: str | None = None  # the cluster this producer talks to, once it answered
         self._unpolled = 0  # messages produced since the last poll() (see _produce)
         self._reporting: tuple = (None, None)  # the last listener and its delivery callback
+        self.spooled = 0  # dead letters this producer kept in the spool
+        self._spool_said = (0, 0.0)  # how many the last spool warning counted, and when it was logged
 
     def cluster(self, timeout: float = 10.0) -> tuple[str | None, set[str]]:
         """The cluster's id and its topics, from metadata (raises KafkaException when it does not answer)."""
@@ -386,8 +391,15 @@ class DeadLetterProducer:
                     f"spool {self.spool.path} ({exc}); send them again: order id(s) "
                     f"{', '.join(ids)}{' ...' if len(dead_letters) > 10 else ''}",
                     len(dead_letters), str(exc), ids) from None
-            log.warning("%d dead letter(s) kept in the local spool %s; they are sent to %s when Kafka is back "
-                        "(`python dlq_producer.py --flush-spool`)", len(dead_letters), self.spool.path, self.topic)
+            self.spooled += len(dead_letters)
+            # An outage spools a batch every few hundred ms: one warning at first, then one every
+            # SPOOL_WARNING_SECONDS with the total so far, not a line per batch.
+            said, said_at = self._spool_said
+            if not said or time.monotonic() - said_at >= SPOOL_WARNING_SECONDS:
+                log.warning("%d dead letter(s) kept in the local spool %s%s; they are sent to %s when Kafka is "
+                            "back (`python dlq_producer.py --flush-spool`)", self.spooled, self.spool.path,
+                            " so far" if said else "", self.topic)
+                self._spool_said = (self.spooled, time.monotonic())
         return len(dead_letters)
 
     def drain_spool(self, timeout: float = 30.0, lock_wait: float = 3600.0) -> DrainResult:
