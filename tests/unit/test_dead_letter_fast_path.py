@@ -51,7 +51,9 @@ any_text = (st.text(max_size=40) | st.text(ascii_text, min_size=195, max_size=20
             | st.text(ascii_text, min_size=1995, max_size=2005) | st.just("caf\udce9"))
 optional_bytes = st.none() | st.binary(max_size=64)
 header_names = any_text | st.sampled_from(["kafka_dlt-original-topic", "dlq.replay.count",
-                                                       "__connect.errors.topic", "traceparent"])
+                                                       "__connect.errors.topic", "traceparent",
+                                                       "kafka_original-offset", "kafka_exception-message",
+                                                       "kafka_key-exception-fqcn"])
 header_lists = st.none() | st.lists(st.tuples(header_names, optional_bytes | st.just(b"3")), max_size=5)
 prices = st.integers(-(10**13), 10**13).map(lambda cents: Decimal(cents).scaleb(-2)) | st.just(Decimal("1.005"))
 orders = st.none() | st.fixed_dictionaries({
