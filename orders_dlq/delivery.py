@@ -61,6 +61,9 @@ class OrderSender:
         self.not_kept = 0
         self.not_kept_ids: list[str] = []
         self.not_kept_cause: str | None = None
+        # True once a failure could be neither delivered nor kept: sending more would lose more.
+        # An attribute, not a property: producer.py asks it once per order.
+        self.halted = False
 
     def send(self, key: bytes, value: bytes) -> None:
         """Hand one order to librdkafka (and serve delivery reports); the report decides success."""
@@ -99,11 +102,7 @@ class OrderSender:
                 self.not_kept += len(failures)
                 self.not_kept_ids += [d.order_id or "?" for d in failures]
                 self.not_kept_cause = exc.cause
-
-    @property
-    def halted(self) -> bool:
-        """True once a failure could be neither delivered nor kept: sending more would lose more."""
-        return self.not_kept > 0
+                self.halted = True
 
     def service(self, timeout: float = 0.0) -> None:
         """Serve delivery reports for `timeout` seconds and hand on what failed."""
