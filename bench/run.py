@@ -882,6 +882,10 @@ def summarize(results: dict, args) -> list[dict]:
         base, poison = rate(f"consumer_{guarantee}"), rate(f"consumer_{guarantee}_poison_1pct")
         cost = base / poison - 1 if base and poison else None  # extra time per message
         target(f"1% poison extra cost ({guarantee.replace('_', '-')})", cost, "<= 0.10", lambda v: v <= 0.10)
+    for guarantee in ("at_least_once", "exactly_once"):
+        dead, produced = rate(f"dead_letter_{guarantee}"), rate("producer")
+        target(f"dead-lettering / producer.py, same run ({guarantee.replace('_', '-')})",
+               dead / produced if dead and produced else None, ">= 0.5", lambda v: v >= 0.5)
     for guarantee in ("exactly_once", "at_least_once"):
         runs = results[f"latency_{guarantee}"]["runs"]
         source = runs[0]["source"] if runs else ""
