@@ -123,6 +123,7 @@ class DeadLetterProducer:
         self.spool = spool
         self.delivery_timeout = delivery_timeout
         self._max_bytes: int | None = None  # the DLQ's limit, asked once (see max_bytes)
+        self._last_refusal: str | None = None  # the broker's words when it last refused a dead letter
         self.reduced = 0  # dead letters written without (part of) their original message
         self.permanent_error: str | None = None  # set by a delivery error no retry can fix
         self.origin = origin  # who spools (recorded per row, so a run can count its own rows)
@@ -147,18 +148,29 @@ class DeadLetterProducer:
         """The largest dead letter the DLQ takes: its max.message.bytes, and never more than what
         this producer may send (message.max.bytes). Asked once; without an answer (Kafka down,
         no permission to describe configs) the producer's own limit is used and a refusal by the
-        broker lowers it later (see _learn_from_delivery)."""
+        broker lowers it later (see _learn_from_delivery).
+
+        The same answer says whether the DLQ is compacted: then Kafka refuses every dead letter
+        without a key and keeps only the last one of each key, and the run stops at once with
+        one sentence (ToolFailure), before anything is consumed (the scripts ask at start)."""
         if self._max_bytes is None:
-            limit = DEAD_LETTER_MAX_BYTES
+            limit, policy = DEAD_LETTER_MAX_BYTES, ""
             try:
                 resource = ConfigResource(ConfigResource.Type.TOPIC, self.topic)
                 admin = admin_client(self.settings)  # kept alive until the answer is in
-                configs = admin.describe_configs([resource], request_timeout=5)
-                entry = configs[resource].result(timeout=5).get("max.message.bytes")
+                configs = admin.describe_configs([resource], request_timeout=5).get(resource).result(timeout=5)
+                entry = configs.get("max.message.bytes")
                 if entry is not None and entry.value:
                     limit = min(limit, int(entry.value))
+                policy = getattr(configs.get("cleanup.policy"), "value", None) or ""
             except Exception as exc:  # noqa: BLE001 - any failure here only means "use the default"
                 log.debug("could not read max.message.bytes of %s (%s): using %d", self.topic, exc, limit)
+            if "compact" in policy.split(","):
+                raise ToolFailure(
+                    f"the DLQ topic {self.topic} is compacted (cleanup.policy={policy}): Kafka would refuse "
+                    "every dead letter without a key and keep only the last of each key; a DLQ must be "
+                    "cleanup.policy=delete (`python setup_dlq.py` shows the difference, `--apply --force` "
+                    "changes it)")
             self._max_bytes = limit
         return self._max_bytes
 
@@ -173,6 +185,8 @@ class DeadLetterProducer:
         dead_letter = dead_letter.fitted()
         try:
             key, value, headers = self._encode_fitted(dead_letter)
+        except ToolFailure:
+            raise  # the DLQ takes no dead letter at all: a smaller one would not help
         except Exception as exc:  # noqa: BLE001 - the dead letter of last resort must always exist
             log.exception("could not encode the dead letter of %s (a bug): writing a minimal one",
                           dead_letter.original_topic)
@@ -205,8 +219,13 @@ class DeadLetterProducer:
                     or message_size(key, value, headers) <= self.max_bytes):
                 break
         else:
-            raise ValueError(f"even without the original message the dead letter is larger than "
-                             f"{self.max_bytes} bytes")
+            # Only a DLQ that refused dead letters gets here: its limit, lowered below each refused
+            # size (see _learn_from_delivery), is now below even a minimal dead letter. Whatever it
+            # refuses (a size limit, a validation of its own), no dead letter can be written.
+            raise ToolFailure(
+                f"{self.topic} refuses even a dead letter reduced to {message_size(key, value, headers)} "
+                f"bytes ({self._last_refusal or 'its max.message.bytes'}): check its max.message.bytes "
+                "and cleanup.policy (`python setup_dlq.py` shows them); nothing past the last commit was lost")
         if level:
             self.reduced += 1
             log.warning("dead letter of %s[%s]@%s reduced to fit %s (%d bytes at most): original %s left out, "
@@ -336,6 +355,7 @@ class DeadLetterProducer:
             except Exception:  # noqa: BLE001 - unreadable report: assume the largest we send
                 size = self.max_bytes
             self._max_bytes = min(self.max_bytes, size - 1)
+            self._last_refusal = error.str()
             log.warning("%s refused a dead letter of about %d bytes (%s): larger ones are now reduced",
                         self.topic, size, error.str())
         elif self.permanent_error is None:

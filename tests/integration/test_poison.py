@@ -135,3 +135,23 @@ def test_hostile_records_in_the_dlq_and_the_changelog_are_passed_over(pipeline, 
         assert "Traceback" not in result.stderr
     replay = scripts.run("dlq_replay.py", "--dry-run", "--json")
     assert "Traceback" not in replay.stderr
+
+
+def test_a_compacted_dlq_stops_every_writer_at_start_with_one_sentence(pipeline, admin):
+    """A DLQ made cleanup.policy=compact (by hand, or someone else's topic) refuses every dead letter
+    without a key and keeps one per key: the consumer (both guarantees) and the producer stop at
+    start with one sentence and consume nothing. The consumer used to take the broker's refusal for
+    a size limit, shrink the dead letter until nothing was left, and end in a traceback."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, pipeline.dlq_topic, incremental_configs=[
+        ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(30)
+    pipeline.produce_raw([b"\x00not an order"], key=None)
+    runs = [pipeline.scripts.run("consumer_aggregation.py", "-g", pipeline.group, "--guarantee", guarantee,
+                                 "--idle-timeout", 3, expect=1) for guarantee in ("at-least-once", "exactly-once")]
+    runs.append(pipeline.scripts.run("producer.py", "--count", 3, expect=1))
+    for run in runs:
+        lines = run.stderr.strip().splitlines()
+        assert "Traceback" not in run.stderr and lines[-1].startswith("error:"), run.stderr
+        assert "cleanup.policy=compact" in lines[-1] and pipeline.dlq_topic in lines[-1], lines[-1]
+    assert all(offset < 0 for offset in pipeline.committed().values()), pipeline.committed()
+    assert pipeline.read(pipeline.dlq_topic) == []

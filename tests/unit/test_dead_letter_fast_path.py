@@ -147,3 +147,19 @@ def test_in_registry_mode_both_ways_write_the_confluent_header():
     fast = framed.encode_plain_failure(message, order, "validate", error, str(error), 0, failed_by, TIMESTAMP)
     assert fast is not None and fast[1].startswith(framed.codec.header)
     assert fast == general_way(framed, message, order, "validate", error, 0, failed_by)
+
+
+def test_a_dlq_that_refuses_even_a_minimal_dead_letter_is_one_sentence_not_a_value_error():
+    """The limit a DLQ's refusals taught (see _learn_from_delivery) can fall below any dead letter:
+    the run must end with a sentence naming the topic, never with a traceback."""
+    from orders_dlq.dead_letter import DeadLetter
+    from orders_dlq.errors import ToolFailure
+
+    small = writer(max_bytes=300)
+    small._last_refusal = "Broker: Broker failed to validate record"
+    letter = DeadLetter(error_reason="not an order", error_type="DecodeError", error_stage="deserialize",
+                        original_topic="orders", failed_by="group", original_value=b"\x00poison")
+    with pytest.raises(ToolFailure) as failure:
+        small.encode(letter)
+    assert "orders.DLQ refuses even a dead letter" in str(failure.value)
+    assert "failed to validate record" in str(failure.value)
