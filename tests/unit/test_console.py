@@ -39,6 +39,7 @@ def test_hex_dump_shows_offset_hex_and_printable_text_and_is_cut():
 @pytest.mark.parametrize(("headers", "value", "kind"), [
     ([("dlq.format", b"orders_dlq.DeadLetter/avro")], b"x", "orders_dlq"),
     ([("kafka_dlt-exception-message", b"boom")], b"x", "spring"),
+    ([("kafka_original-topic", b"orders"), ("kafka_exception-message", b"boom")], b"x", "spring"),  # @RetryableTopic
     ([("__connect.errors.topic", b"t")], b"x", "connect"),
     (None, None, "tombstone"),
     ([("other", b"1")], b"\xff", "foreign"),
