@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         batch_size=args.batch_size or 1000, stop=stop, latency=LatencyReservoir() if args.latency else None)
     aggregator.codec = codec  # schemaless, or registry mode: the writer's schema from each order's id
     frame_dead_letters(codec, aggregator.dead_letters, settings.dlq_topic)
-    aggregator.dead_letters.max_bytes  # noqa: B018 - asks the DLQ's limits now: a compacted DLQ stops here
+    aggregator.dead_letters.check_topic()  # a compacted DLQ stops the run here, before anything is consumed
     log.info("consuming %s as group %s (%s)", settings.topic, group, guarantee)
     printer = running_average_printer(args.print_interval) if args.print_interval and not args.json else None
     if serving:

@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     if answered:
         require_topics(producer, [settings.topic, settings.dlq_topic])
         dead_letters.cluster_id = producer.list_topics(timeout=5).cluster_id
-        dead_letters.max_bytes  # noqa: B018 - asks the DLQ's limits now: a compacted DLQ stops here
+        dead_letters.check_topic()  # a compacted DLQ stops the run here, before any order is sent
         drain_spool_if_pending(dead_letters)
     else:
         log.warning("Kafka at %s does not answer: each order waits up to %gs to be delivered, "

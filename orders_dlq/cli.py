@@ -92,7 +92,7 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         # The disk under our output (or a file we write) is full: one sentence, and no second
         # failure when Python flushes stdout at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print(f"error: no room left to write ({exc.strerror}): free space on the disk that holds the output",
-              file=sys.stderr)
+        print(f"error: no room left to write ({exc.strerror}): free space on the disk that holds the output "
+              "or the file being written", file=sys.stderr)
         code = EXIT_FAILURE
     sys.exit(code)

@@ -135,7 +135,7 @@ class DeadLetterProducer:
         self._unpolled = 0  # messages produced since the last poll() (see _produce)
         self._reporting: tuple = (None, None)  # the last listener and its delivery callback
         self.spooled = 0  # dead letters this producer kept in the spool
-        self._spool_said = (0, 0.0)  # how many the last spool warning counted, and when it was logged
+        self._spool_warned_at: float | None = None  # when the last spool warning was logged
 
     def cluster(self, timeout: float = 10.0) -> tuple[str | None, set[str]]:
         """The cluster's id and its topics, from metadata (raises KafkaException when it does not answer)."""
@@ -143,36 +143,43 @@ class DeadLetterProducer:
         self.cluster_id = metadata.cluster_id or self.cluster_id
         return metadata.cluster_id, {name for name, topic in metadata.topics.items() if topic.error is None}
 
+    def check_topic(self) -> None:
+        """Ask the DLQ's limits now, at a script's start: a compacted DLQ stops the run here, with
+        one sentence, before anything is consumed or sent (see _ask_limits)."""
+        self._max_bytes = self._ask_limits()
+
     @property
     def max_bytes(self) -> int:
         """The largest dead letter the DLQ takes: its max.message.bytes, and never more than what
         this producer may send (message.max.bytes). Asked once; without an answer (Kafka down,
         no permission to describe configs) the producer's own limit is used and a refusal by the
-        broker lowers it later (see _learn_from_delivery).
-
-        The same answer says whether the DLQ is compacted: then Kafka refuses every dead letter
-        without a key and keeps only the last one of each key, and the run stops at once with
-        one sentence (ToolFailure), before anything is consumed (the scripts ask at start)."""
+        broker lowers it later (see _learn_from_delivery)."""
         if self._max_bytes is None:
-            limit, policy = DEAD_LETTER_MAX_BYTES, ""
-            try:
-                resource = ConfigResource(ConfigResource.Type.TOPIC, self.topic)
-                admin = admin_client(self.settings)  # kept alive until the answer is in
-                configs = admin.describe_configs([resource], request_timeout=5).get(resource).result(timeout=5)
-                entry = configs.get("max.message.bytes")
-                if entry is not None and entry.value:
-                    limit = min(limit, int(entry.value))
-                policy = getattr(configs.get("cleanup.policy"), "value", None) or ""
-            except Exception as exc:  # noqa: BLE001 - any failure here only means "use the default"
-                log.debug("could not read max.message.bytes of %s (%s): using %d", self.topic, exc, limit)
-            if "compact" in policy.split(","):
-                raise ToolFailure(
-                    f"the DLQ topic {self.topic} is compacted (cleanup.policy={policy}): Kafka would refuse "
-                    "every dead letter without a key and keep only the last of each key; a DLQ must be "
-                    "cleanup.policy=delete (`python setup_dlq.py` shows the difference, `--apply --force` "
-                    "changes it)")
-            self._max_bytes = limit
+            self._max_bytes = self._ask_limits()
         return self._max_bytes
+
+    def _ask_limits(self) -> int:
+        """The DLQ's max.message.bytes (capped by ours) from one describe_configs. The same answer
+        says whether the DLQ is compacted: then Kafka refuses every dead letter without a key and
+        keeps only the last one of each key, and this raises ToolFailure with one sentence."""
+        limit, policy = DEAD_LETTER_MAX_BYTES, ""
+        try:
+            resource = ConfigResource(ConfigResource.Type.TOPIC, self.topic)
+            admin = admin_client(self.settings)  # kept alive until the answer is in
+            configs = admin.describe_configs([resource], request_timeout=5).get(resource).result(timeout=5)
+            entry = configs.get("max.message.bytes")
+            if entry is not None and entry.value:
+                limit = min(limit, int(entry.value))
+            policy = getattr(configs.get("cleanup.policy"), "value", None) or ""
+        except Exception as exc:  # noqa: BLE001 - any failure here only means "use the default"
+            log.debug("could not read max.message.bytes of %s (%s): using %d", self.topic, exc, limit)
+        if "compact" in policy.split(","):
+            raise ToolFailure(
+                f"the DLQ topic {self.topic} is compacted (cleanup.policy={policy}): Kafka would refuse "
+                "every dead letter without a key and keep only the last of each key; a DLQ must be "
+                "cleanup.policy=delete (`python setup_dlq.py` shows the difference, `--apply --force` "
+                "changes it)")
+        return limit
 
     def encode(self, dead_letter: DeadLetter) -> tuple[bytes | None, bytes, list]:
         """Key (the original key, so a replay lands on the same partition), value, headers.
@@ -409,17 +416,16 @@ class DeadLetterProducer:
                 raise NotKept(
                     f"{len(dead_letters)} dead letter(s) could not be delivered to {self.topic} nor kept in the "
                     f"spool {self.spool.path} ({exc}); send them again: order id(s) "
-                    f"{', '.join(ids)}{' ...' if len(dead_letters) > 10 else ''}",
-                    len(dead_letters), str(exc), ids) from None
+                    f"{', '.join(ids)}{' ...' if len(dead_letters) > 10 else ''}", str(exc)) from None
             self.spooled += len(dead_letters)
             # An outage spools a batch every few hundred ms: one warning at first, then one every
             # SPOOL_WARNING_SECONDS with the total so far, not a line per batch.
-            said, said_at = self._spool_said
-            if not said or time.monotonic() - said_at >= SPOOL_WARNING_SECONDS:
+            warned_at = self._spool_warned_at
+            if warned_at is None or time.monotonic() - warned_at >= SPOOL_WARNING_SECONDS:
                 log.warning("%d dead letter(s) kept in the local spool %s%s; they are sent to %s when Kafka is "
                             "back (`python dlq_producer.py --flush-spool`)", self.spooled, self.spool.path,
-                            " so far" if said else "", self.topic)
-                self._spool_said = (self.spooled, time.monotonic())
+                            "" if warned_at is None else " so far", self.topic)
+                self._spool_warned_at = time.monotonic()
         return len(dead_letters)
 
     def drain_spool(self, timeout: float = 30.0, lock_wait: float = 3600.0) -> DrainResult:

@@ -14,8 +14,8 @@ class ToolFailure(Exception):
 
 class NotKept(ToolFailure):
     """Dead letters Kafka could not take and the spool could not keep either (a full disk, a file
-    made read-only): `count` of them, `cause` the spool's error, `order_ids` the first ten."""
+    made read-only); `cause` is the spool's own error."""
 
-    def __init__(self, sentence: str, count: int, cause: str, order_ids: list[str]):
+    def __init__(self, sentence: str, cause: str):
         super().__init__(sentence)
-        self.count, self.cause, self.order_ids = count, cause, order_ids
+        self.cause = cause
