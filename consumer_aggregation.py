@@ -14,7 +14,7 @@ from dlq_producer import add_spool_argument, drain_spool_if_pending, open_dead_l
 from orders_dlq import cli, metrics
 from orders_dlq.aggregation import EXACTLY_ONCE, GUARANTEES, OrderAggregator
 from orders_dlq.changelog import read_states
-from orders_dlq.errors import EXIT_OK, UsageError
+from orders_dlq.errors import EXIT_OK, ToolFailure, UsageError
 from orders_dlq.kafka import require_cluster, require_topics
 from orders_dlq.logs import log
 from orders_dlq.orders import CATALOGUE
@@ -152,6 +152,8 @@ def main(argv=None) -> int:
                  summary["latency_ms"]["p99"], summary["latency_ms"]["p99.9"], aggregator.latency.count,
                  summary["commit_ms"]["p50"], summary["commit_ms"]["p99"], aggregator.commit_times.count)
     print(json.dumps(summary) if args.json else summary_text(aggregate))
+    if aggregator.topic_changed:
+        raise ToolFailure(aggregator.topic_changed)
     return EXIT_OK
 
 

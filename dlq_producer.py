@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     admin = require_cluster(settings)
     require_topics(admin, [settings.dlq_topic])
     dead_letters = DeadLetterProducer(settings, spool=spool)
+    dead_letters.check_topic()  # a compacted DLQ: one sentence, and every spooled row stays where it is
     if args.flush_spool:
         result = dead_letters.drain_spool()
         output = {"sent": result.sent, "already_in_kafka": result.already_in_kafka, "remaining": result.remaining}

@@ -127,7 +127,14 @@ def main(argv=None) -> int:
     dead_letters = open_dead_letter_producer(args, settings, delivery_timeout=delivery_timeout, origin=client_id)
     frame_dead_letters(codec, dead_letters, settings.dlq_topic)
     spool = dead_letters.spool
-    sender = OrderSender(reliable_producer_config(settings, delivery_timeout, **{"client.id": client_id}),
+    sender = OrderSender(reliable_producer_config(settings, delivery_timeout, **{
+        "client.id": client_id,
+        # An orders topic deleted under the producer: librdkafka fails the queued orders (Unknown
+        # partition) and refuses new ones once the topic has been missing from the metadata this
+        # long. At the 30 s default, every order in between waited out its delivery budget and
+        # was dead-lettered as "broker unavailable" although the broker was fine. The topic
+        # existed at start (checked below), so no creation is still propagating.
+        "topic.metadata.propagation.max.ms": 5000}),
                          # Orders that failed for good are committed to the spool as they fail, a batch
                          # at a time: a long outage holds none of them in memory, a kill loses none.
                          settings.topic, codec, client_id, on_failures=dead_letters.spool_all)
@@ -187,6 +194,11 @@ def main(argv=None) -> int:
             f"{sender.not_kept} order(s) could not be delivered to {settings.topic} nor kept in the spool "
             f"{spool.path} ({sender.not_kept_cause}); sending stopped after {produced} of {count} orders, and the "
             "ids of those not kept are on stdout: make room for the spool, then send them again")
+    if sender.refusal is not None:
+        raise ToolFailure(
+            f"{settings.topic} refused orders ({sender.refusal.str()}): sending stopped after {produced} of {count} "
+            f"orders; the {sender.failed} that were not delivered are dead-lettered to {settings.dlq_topic} or kept "
+            "in the spool, as the summary on stdout says")
     return EXIT_FAILURE if sender.failed or stop else EXIT_OK
 
 

@@ -38,6 +38,7 @@ from orders_dlq.errors import ToolFailure
 from orders_dlq.kafka import (
     admin_client,
     common_client_config,
+    missing_topics,
     reliable_producer_config,
     settle,
 )
@@ -78,6 +79,9 @@ HOLD_COMMITS_SECONDS = 5.0
 # _starting_states): an outage longer than this during a join ends the run, well inside
 # max.poll.interval.ms (300 s), past which the group would drop this member anyway.
 ASSIGN_PATIENCE_SECONDS = 120.0
+# An idle consumer asks this often whether its topic still exists: librdkafka only logs a deleted
+# topic ("topic does not exist"), and the consumer would otherwise wait for orders for ever.
+TOPIC_CHECK_SECONDS = 5.0
 # At-least-once's offset commit from the loop is asynchronous; its result (from on_commit) is
 # one of these, or the KafkaError it failed with (compared by identity: a KafkaError compared with
 # a str raises TypeError).
@@ -139,6 +143,10 @@ class Failure(NamedTuple):
 
 class CommitFailed(Exception):
     """The unit of work could not be committed; it must be rolled back and redone."""
+
+
+class OffsetsWentBack(Exception):
+    """A fetched message lies below its partition's next offset: the log is not the one counted."""
 
 
 class CommitJob:
@@ -210,6 +218,8 @@ class OrderAggregator:
         self.held: list[tuple[PartitionState, object, Failure]] = []
         self.hold_commits_until = 0.0  # monotonic time; see _on_revoke
         self.failed = False  # set when the run stops on a fatal error
+        self.topic_changed: str | None = None  # why the run stopped: the orders topic deleted, or another log under it
+        self.topic_checked_at = 0.0
 
         # No static membership (group.instance.id): with it, librdkafka fenced the instance for good
         # when the group coordinator's broker died (tested on a 3-broker cluster). A restarted
@@ -333,7 +343,12 @@ class OrderAggregator:
                             # A dead letter could not even be queued (the transaction failed under
                             # it): undo the unit, the rest of the batch included, and redo it later.
                             self._rollback(exc, in_rebalance=False)
+                        except OffsetsWentBack as exc:
+                            self.topic_changed = str(exc)  # the rest of the batch is the same other log
+                            break
                     elif idle_timeout is not None and self._idle_for(now, idle_timeout):
+                        break
+                    elif self._topic_deleted(now):
                         break
                     if now - last_commit >= self.commit_interval and self.committing is None:
                         pending = bool(self.dirty)
@@ -348,6 +363,11 @@ class OrderAggregator:
                     if on_batch:
                         on_batch(self)
                 self.hold_commits_until = 0.0  # the last commit is not put off (see _on_revoke)
+                if self.topic_changed:
+                    # Usually nothing is pending: the idle loop committed it before asking. A commit
+                    # that fails now rolls back what its deleted messages added; stop either way.
+                    self.commit()
+                    break
                 if self.commit() or self.stop or self.failed or self.commit_failures > 1:
                     break
                 # The last commit failed (a transaction Kafka ended while the run stood idle, a
@@ -371,6 +391,32 @@ class OrderAggregator:
             log.info("no partitions assigned for %gs: stopping", idle)
             return True
         return False
+
+    def _topic_deleted(self, now: float) -> bool:
+        """Idle for TOPIC_CHECK_SECONDS: is the orders topic still there? A deleted topic looks like
+        a quiet one to a consumer. Only a broker's answer that it does not know the topic counts:
+        no answer (an outage) is not a deletion."""
+        if now - self.last_activity < TOPIC_CHECK_SECONDS or now - self.topic_checked_at < TOPIC_CHECK_SECONDS:
+            return False
+        self.topic_checked_at = now
+        if not missing_topics(self.consumer, [self.topic], timeout=2):
+            return False
+        self.topic_changed = (f"{self.topic} was deleted while it was being consumed: stopped; the totals committed "
+                           f"before are kept in {self.state_topic}, and a topic created again under this name is "
+                           "counted afresh")
+        return True
+
+    def _went_back_sentence(self, message, state: PartitionState) -> str:
+        where = f"{self.topic}[{message.partition()}]"
+        now_id = topic_id(self.settings, self.topic)
+        if now_id and self.topic_id and now_id != self.topic_id:
+            return (f"{self.topic} was deleted and created again while it was being consumed ({where} went back "
+                    f"from offset {state.next_offset} to {message.offset()}): stopped, nothing of the new topic "
+                    "counted; run the consumer again, it counts the new topic afresh from its first offset")
+        return (f"{where} went back from offset {state.next_offset} to {message.offset()} while it was being "
+                "consumed (its log was truncated: an unclean leader election, or a broker that lost its data): "
+                f"stopped, nothing counted past offset {state.next_offset}; to count what the partition holds now, "
+                "reset the group's offsets (kafka-consumer-groups --reset-offsets) and run again")
 
     def totals(self) -> Aggregate:
         """The combined aggregate of the partitions this instance owns (including earlier runs)."""
@@ -398,8 +444,13 @@ class OrderAggregator:
             return
         partition = message.partition()
         state = self.states.get(partition)
-        if state is None or message.offset() < state.next_offset:
-            return  # not ours any more, or already counted before a restart (at-least-once)
+        if state is None:
+            return  # not ours any more
+        if message.offset() < state.next_offset:
+            # Never met in a healthy run: a partition is assigned, and sought back after a rollback,
+            # exactly at its state's next offset. Offsets that go back mean the log under them is
+            # another one: counting these as seen before would drop new orders without a word.
+            raise OffsetsWentBack(self._went_back_sentence(message, state))
         # The one boundary per message: whatever its key, value and headers hold, it ends in the
         # aggregate or in exactly one dead letter. Decode and validate failures are the message's
         # fault; anything else raised here is a bug of ours, dead-lettered as `process` and logged
@@ -722,6 +773,13 @@ class OrderAggregator:
             # retrying would stall every partition for ever. Stop, with nothing committed past it.
             self._drop_uncommitted(seek=False)
             self._fail(self.dead_letters.permanent_error)
+        missing = [] if in_rebalance else missing_topics(self.consumer, [self.topic, self.dead_letters.topic,
+                                                                          self.state_topic])
+        if missing:
+            # A topic this consumer reads or writes was deleted under it: every retry would fail the same way.
+            self._drop_uncommitted(seek=False)
+            self._fail(f"topic {', '.join(missing)} was deleted while the consumer ran: stopped, nothing committed "
+                       f"past {self._positions()}; run `python setup_dlq.py` to create it again, then run again")
         fatal = error if isinstance(error, KafkaError) and error.fatal() and self.exactly_once else None
         if fatal is None and self.exactly_once and isinstance(error, KafkaError) and error.code() in UNREACHABLE:
             fatal = STALE  # see _on_lost: a coordinator that timed out is not asked again by this producer
@@ -733,9 +791,7 @@ class OrderAggregator:
             # The group moved to a new generation under this unit (another instance joined or
             # left): redo it at once, and commit again once this instance has its new assignment.
             self.hold_commits_until = time.monotonic() + HOLD_COMMITS_SECONDS
-        # Where the partitions of the unit stand (all owned ones if it failed before touching any).
-        positions = ", ".join(f"{self.topic}[{p}]@{self.committed[p].next_offset}"
-                              for p in sorted(self.dirty or self.committed))
+        positions = self._positions()
         self._drop_uncommitted(seek=not in_rebalance, renew=fatal)
         self.commit_failures += 1
         if in_rebalance:
@@ -747,6 +803,11 @@ class OrderAggregator:
         deadline = time.monotonic() + delay
         while not self.stop and time.monotonic() < deadline:
             time.sleep(0.05)
+
+    def _positions(self) -> str:
+        """Where the unit's partitions stand (all owned ones if it failed before touching any)."""
+        return ", ".join(f"{self.topic}[{p}]@{self.committed[p].next_offset}"
+                         for p in sorted(self.dirty or self.committed))
 
     def _drop_uncommitted(self, seek: bool, renew: KafkaError | str | None = None) -> None:
         if self.exactly_once:

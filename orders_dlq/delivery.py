@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from orders_dlq import metrics, transactions
 from orders_dlq.codec import AvroCodec, DecodeError
@@ -23,6 +24,9 @@ from orders_dlq.logs import log
 
 UNREACHABLE_ERRORS = {KafkaError._MSG_TIMED_OUT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT,
                       KafkaError._TIMED_OUT}
+# The orders topic is not there (any more): librdkafka's words for it, and the broker's.
+TOPIC_MISSING_ERRORS = {KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART,
+                        KafkaError.UNKNOWN_TOPIC_ID}
 # Failures are handed on (to the spool, durably) in batches of this many, or at every service()
 # call: memory holds at most one batch, whatever the count and however long the outage.
 FAILURE_BATCH = 500
@@ -61,23 +65,38 @@ class OrderSender:
         self.not_kept = 0
         self.not_kept_ids: list[str] = []
         self.not_kept_cause: str | None = None
-        # True once a failure could be neither delivered nor kept: sending more would lose more.
-        # An attribute, not a property: producer.py asks it once per order.
+        # produce()'s own refusal of an order, which halts sending too (see _refused).
+        self.refusal: KafkaError | None = None
+        # True once a failure could be neither delivered nor kept, or produce() refused an order:
+        # sending more would lose more, or fail the same way. An attribute, not a property:
+        # producer.py asks it once per order.
         self.halted = False
 
     def send(self, key: bytes, value: bytes) -> None:
         """Hand one order to librdkafka (and serve delivery reports); the report decides success."""
-        try:
-            self._produce(self.topic, value, key)
-        except BufferError:
-            # librdkafka's queue is full: wait for room, and hand failures reported meanwhile on at once.
-            transactions.produce(self.producer, self.topic, value=value, key=key, full_wait=0.05,
-                                 on_full=self._hand_on)
         self.attempts += 1
+        try:
+            try:
+                self._produce(self.topic, value, key)
+            except BufferError:
+                # librdkafka's queue is full: wait for room, and hand failures reported meanwhile on at once.
+                transactions.produce(self.producer, self.topic, value=value, key=key, full_wait=0.05,
+                                     on_full=self._hand_on)
+        except KafkaException as exc:
+            self._refused(key, value, exc.args[0])
         # Delivery reports are failures only (see above): serving them every POLL_EVERY orders is
         # enough, and a poll() per order cost a tenth of the producer's time.
         if not self.attempts % transactions.POLL_EVERY:
             self.producer.poll(0)
+
+    def _refused(self, key: bytes, value: bytes, error: KafkaError) -> None:
+        """produce() itself refused the order (the topic was deleted: librdkafka knows it no longer
+        exists; a fatal idempotence error): it fails like an undelivered one, and sending halts,
+        since every next order would be refused the same way."""
+        self.refusal = error
+        self.halted = True
+        self._failures.append(self._dead_letter(_Unsent(key, value), error))
+        metrics.dead_letter_created("produce", self._failures[-1].error_reason)
 
     def _on_delivery(self, error, message) -> None:
         if error is None:
@@ -155,6 +174,8 @@ class OrderSender:
             # Expired in librdkafka's queue or waiting for an acknowledgement: the broker may have it.
             reason = (f"Kafka broker unavailable: not confirmed within the {self.budget:g}s delivery budget; "
                       f"it may have been written to {self.topic} anyway (a timeout does not tell)")
+        elif error.code() in TOPIC_MISSING_ERRORS:
+            reason = f"topic {self.topic} does not exist (deleted while orders were sent?): {error.str()}"
         elif error.code() in UNREACHABLE_ERRORS:
             reason = f"Kafka broker unavailable: {error.str()}"
         else:
@@ -175,3 +196,16 @@ class OrderSender:
     @property
     def cluster_unreachable(self) -> bool:
         return self.last_error is not None and self.last_error.code() in UNREACHABLE_ERRORS
+
+
+class _Unsent(NamedTuple):
+    """What _dead_letter reads of a message, for an order produce() refused: it never became one."""
+
+    key_bytes: bytes
+    value_bytes: bytes
+
+    def key(self) -> bytes:
+        return self.key_bytes
+
+    def value(self) -> bytes:
+        return self.value_bytes

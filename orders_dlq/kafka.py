@@ -143,6 +143,16 @@ def topic_problems(metadata, topics: list[str]) -> tuple[list[str], dict[str, Ka
     return missing, errors
 
 
+def missing_topics(client, topics: list[str], timeout: float = 5.0) -> list[str]:
+    """The topics a broker answered it does not know (deleted under a running tool); none when no
+    broker answered: an outage is no deletion."""
+    try:
+        metadata = client.list_topics(timeout=timeout)
+    except KafkaException:
+        return []
+    return topic_problems(metadata, topics)[0]
+
+
 def require_topics(client, topics: list[str], timeout: float = 10.0) -> dict:
     """Partition counts of topics that must exist (auto-creation is off on purpose); any client will do.
 

@@ -139,9 +139,10 @@ def test_hostile_records_in_the_dlq_and_the_changelog_are_passed_over(pipeline, 
 
 def test_a_compacted_dlq_stops_every_writer_at_start_with_one_sentence(pipeline, admin):
     """A DLQ made cleanup.policy=compact (by hand, or someone else's topic) refuses every dead letter
-    without a key and keeps one per key: the consumer (both guarantees) and the producer stop at
-    start with one sentence and consume nothing. The consumer used to take the broker's refusal for
-    a size limit, shrink the dead letter until nothing was left, and end in a traceback."""
+    without a key and keeps one per key: the consumer (both guarantees), the producer and
+    dlq_producer.py stop at start with one sentence and consume or send nothing. The consumer used
+    to take the broker's refusal for a size limit, shrink the dead letter until nothing was left,
+    and end in a traceback."""
     resource = ConfigResource(ConfigResource.Type.TOPIC, pipeline.dlq_topic, incremental_configs=[
         ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.SET)])
     admin.incremental_alter_configs([resource])[resource].result(30)
@@ -149,6 +150,8 @@ def test_a_compacted_dlq_stops_every_writer_at_start_with_one_sentence(pipeline,
     runs = [pipeline.scripts.run("consumer_aggregation.py", "-g", pipeline.group, "--guarantee", guarantee,
                                  "--idle-timeout", 3, expect=1) for guarantee in ("at-least-once", "exactly-once")]
     runs.append(pipeline.scripts.run("producer.py", "--count", 3, expect=1))
+    runs += [pipeline.scripts.run("dlq_producer.py", action, expect=1)
+             for action in ("--send-example", "--flush-spool")]
     for run in runs:
         lines = run.stderr.strip().splitlines()
         assert "Traceback" not in run.stderr and lines[-1].startswith("error:"), run.stderr

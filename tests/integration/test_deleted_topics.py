@@ -1,0 +1,145 @@
+"""A topic deleted under a running script: it stops with one sentence instead of waiting for ever,
+retrying for ever or dropping orders, and every order that was there ends in exactly one place.
+
+- the orders topic under consumer_aggregation.py (librdkafka only logs it: a quiet topic otherwise);
+- the orders topic deleted and created again (its offsets start over: new orders look "already counted");
+- the DLQ under consumer_aggregation.py (every commit failed, and was retried, for ever);
+- the orders topic under producer.py (a traceback, and orders dead-lettered as "broker unavailable").
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from confluent_kafka.admin import NewTopic
+from conftest import (
+    Pipeline,
+    assert_pipeline_exact,
+    assert_summary_matches_truth,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def committed_to_the_end(pipeline: Pipeline) -> bool:
+    ends: dict[int, int] = {}
+    for message in pipeline.read(pipeline.topic):
+        ends[message.partition()] = max(ends.get(message.partition(), 0), message.offset() + 1)
+    committed = pipeline.committed()
+    return bool(ends) and all(committed.get(p, -1) >= end for p, end in ends.items())
+
+
+def delete(admin, topic: str) -> None:
+    admin.delete_topics([topic])[topic].result(30)
+    wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, 60, f"{topic} to be gone")
+
+
+def last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_an_orders_topic_deleted_under_the_consumer_stops_it_in_one_sentence(pipeline: Pipeline, admin, guarantee):
+    pipeline.scripts.json("producer.py", "--count", 200, "--bad-ratio", 0.05, "--seed", 51)
+    truth = pipeline.truth()
+    # No --idle-timeout: before, this consumer waited for orders for ever.
+    consumer = pipeline.scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--guarantee", guarantee,
+                                      "--json")
+    try:
+        wait_for(lambda: committed_to_the_end(pipeline), 60, "the consumer to commit every order")
+        delete(admin, pipeline.topic)
+        code = consumer.wait(timeout=60)
+    finally:
+        if consumer.running():
+            consumer.kill()
+
+    stderr = consumer.stderr()
+    assert code == 1, stderr
+    assert "Traceback" not in stderr
+    assert last_line(stderr).startswith(f"error: {pipeline.topic} was deleted while it was being consumed: stopped")
+    summary = json.loads(consumer.stdout())
+    assert_summary_matches_truth(summary, truth)
+    assert summary["dead_lettered"] == sum(truth["failures"].values())
+
+
+def test_an_orders_topic_created_again_under_the_consumer_stops_it_and_the_next_run_counts_it(pipeline: Pipeline,
+                                                                                                admin):
+    pipeline.scripts.json("producer.py", "--count", 300, "--seed", 52)
+    consumer = pipeline.scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--json")
+    try:
+        wait_for(lambda: committed_to_the_end(pipeline), 60, "the consumer to commit every order")
+        # Deleted and created again at once, fewer orders than before: every new one lies below
+        # the offsets already counted, which the consumer used to drop as "already counted".
+        delete(admin, pipeline.topic)
+        new = NewTopic(pipeline.topic, pipeline.partitions, 1)
+        wait_for(lambda: not admin.create_topics([new])[pipeline.topic].exception(30), 60, "the topic again")
+        pipeline.scripts.json("producer.py", "--count", 60, "--seed", 53)
+        code = consumer.wait(timeout=60)
+    finally:
+        if consumer.running():
+            consumer.kill()
+
+    stderr = consumer.stderr()
+    assert code == 1, stderr
+    assert "Traceback" not in stderr
+    assert last_line(stderr).startswith(f"error: {pipeline.topic} was deleted and created again while it was being "
+                                        "consumed"), stderr
+    again = pipeline.consume()  # counts the new topic afresh, from its first offset
+    new_truth = pipeline.truth()
+    assert new_truth["count"] == 60
+    assert_summary_matches_truth(again, new_truth)
+
+
+@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
+def test_a_dlq_deleted_under_the_consumer_stops_it_and_nothing_is_lost(pipeline: Pipeline, admin, guarantee):
+    pipeline.scripts.json("producer.py", "--count", 100, "--seed", 54)
+    consumer = pipeline.scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--guarantee", guarantee,
+                                      "--json")
+    try:
+        wait_for(lambda: committed_to_the_end(pipeline), 60, "the consumer to commit every order")
+        delete(admin, pipeline.dlq_topic)
+        pipeline.produce_raw([b"not avro %d" % i for i in range(20)])  # dead letters with nowhere to go
+        code = consumer.wait(timeout=90)
+    finally:
+        if consumer.running():
+            consumer.kill()
+
+    stderr = consumer.stderr()
+    assert code == 1, stderr
+    assert "Traceback" not in stderr
+    assert last_line(stderr).startswith(f"error: topic {pipeline.dlq_topic} was deleted while the consumer ran: "
+                                        "stopped, nothing committed past"), stderr
+    pipeline.setup()  # the DLQ again, as the sentence says
+    pipeline.consume(guarantee=guarantee)
+    truth = pipeline.truth()
+    assert truth["failures"]["deserialize"] == 20
+    assert_pipeline_exact(pipeline, truth, guarantee)
+
+
+def test_an_orders_topic_deleted_under_producer_py_halts_it_and_dead_letters_the_rest(pipeline: Pipeline, admin):
+    producer = pipeline.scripts.spawn("producer.py", "--count", 30000, "--rate", 500, "--seed", 55, "--json")
+    try:
+        wait_for(lambda: pipeline.read(pipeline.topic), 30, "the first orders")
+        delete(admin, pipeline.topic)
+        code = producer.wait(timeout=90)
+    finally:
+        if producer.running():
+            producer.kill()
+
+    stderr = producer.stderr()
+    assert code == 1, stderr
+    assert "Traceback" not in stderr
+    assert last_line(stderr).startswith(f"error: {pipeline.topic} refused orders ("), stderr
+    summary = json.loads(producer.stdout())
+    assert summary["produced"] < 30000  # halted, not 60 s of orders refused one by one
+    assert summary["sent"] + summary["dead_lettered"] + summary["spooled"] == summary["produced"]
+    assert summary["dead_lettered"] > 0 and summary["spooled"] == 0
+    letters = pipeline.dead_letters()
+    assert len(letters) == summary["dead_lettered"]
+    assert len({letter["order_id"] for letter in letters}) == len(letters)
+    # Said for what it is: not "broker unavailable", the broker was fine.
+    reasons = {letter["error_reason"].split(": ", 1)[0] for letter in letters}
+    assert reasons == {f"topic {pipeline.topic} does not exist (deleted while orders were sent?)"}
