@@ -773,13 +773,6 @@ class OrderAggregator:
             # retrying would stall every partition for ever. Stop, with nothing committed past it.
             self._drop_uncommitted(seek=False)
             self._fail(self.dead_letters.permanent_error)
-        missing = [] if in_rebalance else missing_topics(self.consumer, [self.topic, self.dead_letters.topic,
-                                                                          self.state_topic])
-        if missing:
-            # A topic this consumer reads or writes was deleted under it: every retry would fail the same way.
-            self._drop_uncommitted(seek=False)
-            self._fail(f"topic {', '.join(missing)} was deleted while the consumer ran: stopped, nothing committed "
-                       f"past {self._positions()}; run `python setup_dlq.py` to create it again, then run again")
         fatal = error if isinstance(error, KafkaError) and error.fatal() and self.exactly_once else None
         if fatal is None and self.exactly_once and isinstance(error, KafkaError) and error.code() in UNREACHABLE:
             fatal = STALE  # see _on_lost: a coordinator that timed out is not asked again by this producer
@@ -798,9 +791,16 @@ class OrderAggregator:
             log.warning("commit failed while partitions move (%s): the next owner redoes the work", reason)
             return
         delay = 0.0 if rebalancing else self.retry.backoff(min(self.commit_failures, 10))
+        deadline = time.monotonic() + delay
+        # A topic this consumer writes, deleted under it, fails every retry until it is created
+        # again; librdkafka's words for it ("Unknown topic", "Message timed out") do not say which
+        # or why. Asked at each failure: an outage answers nothing, and the ask comes out of the wait.
+        missing = missing_topics(self.consumer, [self.dead_letters.topic, self.state_topic], timeout=2)
+        if missing:
+            reason = (f"topic {', '.join(missing)} does not exist: it was deleted; `python setup_dlq.py` creates it "
+                      "again and the consumer goes on by itself")
         log.warning("commit failed (%s): holding at %s, nothing skipped; retrying in %.1fs",
                     reason, positions, delay)
-        deadline = time.monotonic() + delay
         while not self.stop and time.monotonic() < deadline:
             time.sleep(0.05)
 

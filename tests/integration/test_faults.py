@@ -125,6 +125,9 @@ def test_dlq_unavailable_holds_position_then_resumes_with_nothing_skipped(pipeli
     for message in poison:
         assert held[message.partition()] <= message.offset()
     assert "nothing skipped" in consumer.stderr()
+    # Named for what it is, with the fix (librdkafka says "Unknown topic" or "Message timed out").
+    wait_for(lambda: f"commit failed (topic {pipeline.dlq_topic} does not exist: it was deleted; `python "
+                     "setup_dlq.py` creates it again" in consumer.stderr(), 60, "the missing DLQ to be named")
 
     pipeline.setup()  # the DLQ is back
 
