@@ -145,12 +145,16 @@ def topic_problems(metadata, topics: list[str]) -> tuple[list[str], dict[str, Ka
 
 def missing_topics(client, topics: list[str], timeout: float = 5.0) -> list[str]:
     """The topics a broker answered it does not know (deleted under a running tool); none when no
-    broker answered: an outage is no deletion."""
-    try:
-        metadata = client.list_topics(timeout=timeout)
-    except KafkaException:
-        return []
-    return topic_problems(metadata, topics)[0]
+    broker answered: an outage is no deletion. One metadata request per topic, not one for the
+    whole cluster: tools ask this every few seconds."""
+    missing = []
+    for topic in topics:
+        try:
+            metadata = client.list_topics(topic, timeout=timeout)
+        except KafkaException:
+            return []
+        missing += topic_problems(metadata, [topic])[0]
+    return missing
 
 
 def require_topics(client, topics: list[str], timeout: float = 10.0) -> dict:

@@ -39,7 +39,7 @@ from orders_dlq import metrics, reading
 from orders_dlq.codec import dead_letter_codec
 from orders_dlq.dead_letter import DeadLetter, DeadLetterCodec, reason_category
 from orders_dlq.errors import EXIT_OK, ToolFailure
-from orders_dlq.kafka import reader_config
+from orders_dlq.kafka import missing_topics, reader_config
 from orders_dlq.logs import log
 from orders_dlq.marks import MARKED, OPEN, STATUSES, Mark, mark_key, read_marks
 from orders_dlq.runtime import Progress, StopFlag
@@ -558,6 +558,9 @@ class DlqMonitor:
             if limit_reached:
                 break
             if caught_up or time.monotonic() >= next_refresh:
+                # A deleted DLQ looks like a quiet one to a reader (librdkafka only logs it).
+                if missing_topics(self.consumer, [self.settings.dlq_topic], timeout=2):
+                    raise ToolFailure(f"{self.settings.dlq_topic} was deleted while it was being followed: stopped")
                 if self.refresh():
                     return EXIT_ALERT
                 next_refresh = time.monotonic() + args.refresh

@@ -4,7 +4,8 @@ under the consumer is held on and named until it is back: test_faults.py.)
 
 - the orders topic under consumer_aggregation.py (librdkafka only logs it: a quiet topic otherwise);
 - the orders topic deleted and created again (its offsets start over: new orders look "already counted");
-- the orders topic under producer.py (a traceback, and orders dead-lettered as "broker unavailable").
+- the orders topic under producer.py (a traceback, and orders dead-lettered as "broker unavailable");
+- the DLQ under `dlq_consumer.py --follow` (a view that went on showing the last figures).
 """
 
 from __future__ import annotations
@@ -116,3 +117,21 @@ def test_an_orders_topic_deleted_under_producer_py_halts_it_and_dead_letters_the
     # Said for what it is: not "broker unavailable", the broker was fine.
     reasons = {letter["error_reason"].split(": ", 1)[0] for letter in letters}
     assert reasons == {f"topic {pipeline.topic} does not exist (deleted while orders were sent?)"}
+
+
+def test_a_dlq_deleted_under_dlq_consumer_follow_stops_it_in_one_sentence(pipeline: Pipeline, admin):
+    pipeline.scripts.json("producer.py", "--count", 100, "--bad-ratio", 0.2, "--seed", 56)
+    pipeline.consume()
+    monitor = pipeline.scripts.spawn("dlq_consumer.py", "--follow", "--refresh", 1)
+    try:
+        wait_for(lambda: "dead letters" in monitor.stdout(), 60, "the first view")
+        delete(admin, pipeline.dlq_topic)
+        code = monitor.wait(timeout=60)
+    finally:
+        if monitor.running():
+            monitor.kill()
+
+    stderr = monitor.stderr()
+    assert code == 1, stderr
+    assert "Traceback" not in stderr
+    assert last_line(stderr) == f"error: {pipeline.dlq_topic} was deleted while it was being followed: stopped"
