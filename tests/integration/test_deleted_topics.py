@@ -114,9 +114,11 @@ def test_an_orders_topic_deleted_under_producer_py_halts_it_and_dead_letters_the
     letters = pipeline.dead_letters()
     assert len(letters) == summary["dead_lettered"]
     assert len({letter["order_id"] for letter in letters}) == len(letters)
-    # Said for what it is: not "broker unavailable", the broker was fine.
+    # Said for what it is: not "broker unavailable", the broker was fine. (librdkafka may end an
+    # order that was in flight with another local error; none of them may blame the broker.)
     reasons = {letter["error_reason"].split(": ", 1)[0] for letter in letters}
-    assert reasons == {f"topic {pipeline.topic} does not exist (deleted while orders were sent?)"}
+    assert f"topic {pipeline.topic} does not exist (deleted while orders were sent?)" in reasons, reasons
+    assert not any(reason.startswith("Kafka broker unavailable") for reason in reasons), reasons
 
 
 def test_a_dlq_deleted_under_dlq_consumer_follow_stops_it_in_one_sentence(pipeline: Pipeline, admin):
