@@ -36,8 +36,19 @@ def delete(admin, topic: str) -> None:
     wait_for(lambda: topic not in admin.list_topics(timeout=10).topics, 60, f"{topic} to be gone")
 
 
-def last_line(text: str) -> str:
-    lines = text.strip().splitlines()
+def sentence_after(script, act, timeout: float = 60) -> str:
+    """Do `act` (the deletion) under a running script, which must then end by itself with exit 1
+    and no traceback: its last line on stderr, the one sentence, is returned."""
+    try:
+        act()
+        code = script.wait(timeout=timeout)
+    finally:
+        if script.running():
+            script.kill()
+    stderr = script.stderr()
+    assert code == 1, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
     return lines[-1] if lines else ""
 
 
@@ -48,18 +59,13 @@ def test_an_orders_topic_deleted_under_the_consumer_stops_it_in_one_sentence(pip
     # No --idle-timeout: before, this consumer waited for orders for ever.
     consumer = pipeline.scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--guarantee", guarantee,
                                       "--json")
-    try:
+
+    def act():
         wait_for(lambda: committed_to_the_end(pipeline), 60, "the consumer to commit every order")
         delete(admin, pipeline.topic)
-        code = consumer.wait(timeout=60)
-    finally:
-        if consumer.running():
-            consumer.kill()
 
-    stderr = consumer.stderr()
-    assert code == 1, stderr
-    assert "Traceback" not in stderr
-    assert last_line(stderr).startswith(f"error: {pipeline.topic} was deleted while it was being consumed: stopped")
+    sentence = sentence_after(consumer, act)
+    assert sentence.startswith(f"error: {pipeline.topic} was deleted while it was being consumed: stopped"), sentence
     summary = json.loads(consumer.stdout())
     assert_summary_matches_truth(summary, truth)
     assert summary["dead_lettered"] == sum(truth["failures"].values())
@@ -69,7 +75,8 @@ def test_an_orders_topic_created_again_under_the_consumer_stops_it_and_the_next_
                                                                                                 admin):
     pipeline.scripts.json("producer.py", "--count", 300, "--seed", 52)
     consumer = pipeline.scripts.spawn("consumer_aggregation.py", "-g", pipeline.group, "--json")
-    try:
+
+    def act():
         wait_for(lambda: committed_to_the_end(pipeline), 60, "the consumer to commit every order")
         # Deleted and created again at once, fewer orders than before: every new one lies below
         # the offsets already counted, which the consumer used to drop as "already counted".
@@ -77,16 +84,10 @@ def test_an_orders_topic_created_again_under_the_consumer_stops_it_and_the_next_
         new = NewTopic(pipeline.topic, pipeline.partitions, 1)
         wait_for(lambda: not admin.create_topics([new])[pipeline.topic].exception(30), 60, "the topic again")
         pipeline.scripts.json("producer.py", "--count", 60, "--seed", 53)
-        code = consumer.wait(timeout=60)
-    finally:
-        if consumer.running():
-            consumer.kill()
 
-    stderr = consumer.stderr()
-    assert code == 1, stderr
-    assert "Traceback" not in stderr
-    assert last_line(stderr).startswith(f"error: {pipeline.topic} was deleted and created again while it was being "
-                                        "consumed"), stderr
+    sentence = sentence_after(consumer, act)
+    assert sentence.startswith(f"error: {pipeline.topic} was deleted and created again while it was being "
+                               "consumed"), sentence
     again = pipeline.consume()  # counts the new topic afresh, from its first offset
     new_truth = pipeline.truth()
     assert new_truth["count"] == 60
@@ -95,18 +96,13 @@ def test_an_orders_topic_created_again_under_the_consumer_stops_it_and_the_next_
 
 def test_an_orders_topic_deleted_under_producer_py_halts_it_and_dead_letters_the_rest(pipeline: Pipeline, admin):
     producer = pipeline.scripts.spawn("producer.py", "--count", 30000, "--rate", 500, "--seed", 55, "--json")
-    try:
+
+    def act():
         wait_for(lambda: pipeline.read(pipeline.topic), 30, "the first orders")
         delete(admin, pipeline.topic)
-        code = producer.wait(timeout=90)
-    finally:
-        if producer.running():
-            producer.kill()
 
-    stderr = producer.stderr()
-    assert code == 1, stderr
-    assert "Traceback" not in stderr
-    assert last_line(stderr).startswith(f"error: {pipeline.topic} refused orders ("), stderr
+    sentence = sentence_after(producer, act, timeout=90)
+    assert sentence.startswith(f"error: {pipeline.topic} refused orders ("), sentence
     summary = json.loads(producer.stdout())
     assert summary["produced"] < 30000  # halted, not 60 s of orders refused one by one
     assert summary["sent"] + summary["dead_lettered"] + summary["spooled"] == summary["produced"]
@@ -125,15 +121,10 @@ def test_a_dlq_deleted_under_dlq_consumer_follow_stops_it_in_one_sentence(pipeli
     pipeline.scripts.json("producer.py", "--count", 100, "--bad-ratio", 0.2, "--seed", 56)
     pipeline.consume()
     monitor = pipeline.scripts.spawn("dlq_consumer.py", "--follow", "--refresh", 1)
-    try:
+
+    def act():
         wait_for(lambda: "dead letters" in monitor.stdout(), 60, "the first view")
         delete(admin, pipeline.dlq_topic)
-        code = monitor.wait(timeout=60)
-    finally:
-        if monitor.running():
-            monitor.kill()
 
-    stderr = monitor.stderr()
-    assert code == 1, stderr
-    assert "Traceback" not in stderr
-    assert last_line(stderr) == f"error: {pipeline.dlq_topic} was deleted while it was being followed: stopped"
+    sentence = sentence_after(monitor, act)
+    assert sentence == f"error: {pipeline.dlq_topic} was deleted while it was being followed: stopped", sentence
