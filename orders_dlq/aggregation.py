@@ -218,7 +218,8 @@ class OrderAggregator:
         self.held: list[tuple[PartitionState, object, Failure]] = []
         self.hold_commits_until = 0.0  # monotonic time; see _on_revoke
         self.failed = False  # set when the run stops on a fatal error
-        self.topic_changed: str | None = None  # why the run stopped: the orders topic deleted, or another log under it
+        # Why the run stopped early: the orders topic was deleted, or another log is under its name.
+        self.topic_changed: str | None = None
         self.topic_checked_at = 0.0
 
         # No static membership (group.instance.id): with it, librdkafka fenced the instance for good
@@ -401,9 +402,9 @@ class OrderAggregator:
         self.topic_checked_at = now
         if not missing_topics(self.consumer, [self.topic], timeout=2):
             return False
-        self.topic_changed = (f"{self.topic} was deleted while it was being consumed: stopped; the totals committed "
-                           f"before are kept in {self.state_topic}, and a topic created again under this name is "
-                           "counted afresh")
+        self.topic_changed = (f"{self.topic} was deleted while it was being consumed: stopped; the totals "
+                              f"committed before are kept in {self.state_topic}, and a topic created again under "
+                              "this name is counted afresh")
         return True
 
     def _went_back_sentence(self, message, state: PartitionState) -> str:
