@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicCollection, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from orders_dlq import metrics, transactions
 from orders_dlq.changelog import PartitionState, read_states, state_key
@@ -79,9 +80,15 @@ HOLD_COMMITS_SECONDS = 5.0
 # _starting_states): an outage longer than this during a join ends the run, well inside
 # max.poll.interval.ms (300 s), past which the group would drop this member anyway.
 ASSIGN_PATIENCE_SECONDS = 120.0
-# An idle consumer asks this often whether its topic still exists: librdkafka only logs a deleted
-# topic ("topic does not exist"), and the consumer would otherwise wait for orders for ever.
+# An idle consumer asks this often whether its topic is still the one it started on: librdkafka
+# only logs a deleted topic ("topic does not exist"), and the consumer would otherwise wait for
+# orders for ever.
 TOPIC_CHECK_SECONDS = 5.0
+# Messages that come after this long without any are read only once the topic is known to be the
+# same one (its id, one DescribeTopics round trip of about 1 ms): a topic deleted and created again
+# quickly is fetched on from the old offsets by librdkafka, without a word, and its first orders
+# would be skipped and the rest added to the old topic's totals. A steady flow never pays for it.
+RESUME_CHECK_SECONDS = 1.0
 # At-least-once's offset commit from the loop is asynchronous; its result (from on_commit) is
 # one of these, or the KafkaError it failed with (compared by identity: a KafkaError compared with
 # a str raises TypeError).
@@ -221,6 +228,7 @@ class OrderAggregator:
         # Why the run stopped early: the orders topic was deleted, or another log is under its name.
         self.topic_changed: str | None = None
         self.topic_checked_at = 0.0
+        self._admin: AdminClient | None = None  # asks the orders topic's id (see RESUME_CHECK_SECONDS)
 
         # No static membership (group.instance.id): with it, librdkafka fenced the instance for good
         # when the group coordinator's broker died (tested on a 3-broker cluster). A restarted
@@ -336,6 +344,10 @@ class OrderAggregator:
                         messages = []
                     now = time.monotonic()
                     if messages:
+                        if now - self.last_activity >= RESUME_CHECK_SECONDS and self.states:
+                            self.topic_changed = self._orders_topic_changed()
+                            if self.topic_changed:
+                                break  # the batch is not read: it may be another topic's
                         self.last_activity = now
                         try:
                             for message in messages:
@@ -349,7 +361,7 @@ class OrderAggregator:
                             break
                     elif idle_timeout is not None and self._idle_for(now, idle_timeout):
                         break
-                    elif self._topic_deleted(now):
+                    elif self._quiet_and_topic_changed(now):
                         break
                     if now - last_commit >= self.commit_interval and self.committing is None:
                         pending = bool(self.dirty)
@@ -393,31 +405,44 @@ class OrderAggregator:
             return True
         return False
 
-    def _topic_deleted(self, now: float) -> bool:
-        """Idle for TOPIC_CHECK_SECONDS: is the orders topic still there? A deleted topic looks like
-        a quiet one to a consumer. Only a broker's answer that it does not know the topic counts:
-        no answer (an outage) is not a deletion."""
+    def _quiet_and_topic_changed(self, now: float) -> bool:
+        """Quiet for TOPIC_CHECK_SECONDS: asks, that often, whether the orders topic is still there."""
         if now - self.last_activity < TOPIC_CHECK_SECONDS or now - self.topic_checked_at < TOPIC_CHECK_SECONDS:
             return False
         self.topic_checked_at = now
-        if not missing_topics(self.consumer, [self.topic], timeout=2):
-            return False
-        self.topic_changed = (f"{self.topic} was deleted while it was being consumed: stopped; the totals "
-                              f"committed before are kept in {self.state_topic}, and a topic created again under "
-                              "this name is counted afresh")
-        return True
+        self.topic_changed = self._orders_topic_changed()
+        return self.topic_changed is not None
+
+    def _orders_topic_changed(self) -> str | None:
+        """Why the orders topic is not the one this run started on (deleted, or deleted and created
+        again: another topic id), in one sentence; None when it is, or when no broker answered (an
+        outage is no deletion)."""
+        if self._admin is None:
+            self._admin = admin_client(self.settings)  # kept: a new client would connect each time
+        try:
+            found = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=2)[self.topic].result(3)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return (f"{self.topic} was deleted while it was being consumed: stopped; the totals committed "
+                        f"before are kept in {self.state_topic}, and a topic created again under this name is "
+                        "counted afresh")
+            return None
+        if self.topic_id and str(found.topic_id) != self.topic_id:
+            return (f"{self.topic} was deleted and created again while it was being consumed (topic id "
+                    f"{self.topic_id}, now {found.topic_id}): stopped, nothing of the new topic counted; run the "
+                    "consumer again, it counts the new topic afresh from its first offset")
+        return None
 
     def _went_back_sentence(self, message, state: PartitionState) -> str:
-        where = f"{self.topic}[{message.partition()}]"
-        now_id = topic_id(self.settings, self.topic)
-        if now_id and self.topic_id and now_id != self.topic_id:
-            return (f"{self.topic} was deleted and created again while it was being consumed ({where} went back "
-                    f"from offset {state.next_offset} to {message.offset()}): stopped, nothing of the new topic "
-                    "counted; run the consumer again, it counts the new topic afresh from its first offset")
-        return (f"{where} went back from offset {state.next_offset} to {message.offset()} while it was being "
-                "consumed (its log was truncated: an unclean leader election, or a broker that lost its data): "
-                f"stopped, nothing counted past offset {state.next_offset}; to count what the partition holds now, "
-                "reset the group's offsets (kafka-consumer-groups --reset-offsets) and run again")
+        recreated = self._orders_topic_changed()
+        if recreated:
+            return recreated
+        return (f"{self.topic}[{message.partition()}] went back from offset {state.next_offset} to {message.offset()} "
+                "while it was being consumed (its log was truncated: an unclean leader election, or a broker that "
+                f"lost its data): stopped, nothing counted past offset {state.next_offset}; to count what the "
+                "partition holds now, reset the group's offsets (kafka-consumer-groups --reset-offsets) and run "
+                "again")
 
     def totals(self) -> Aggregate:
         """The combined aggregate of the partitions this instance owns (including earlier runs)."""
