@@ -38,6 +38,7 @@ from orders_dlq.dlq import DeadLetterProducer
 from orders_dlq.errors import ToolFailure
 from orders_dlq.kafka import (
     admin_client,
+    callback_free_admin_client,
     common_client_config,
     missing_topics,
     reliable_producer_config,
@@ -418,7 +419,7 @@ class OrderAggregator:
         again: another topic id), in one sentence; None when it is, or when no broker answered (an
         outage is no deletion)."""
         if self._admin is None:
-            self._admin = admin_client(self.settings)  # kept: a new client would connect each time
+            self._admin = callback_free_admin_client(self.settings)  # kept: a new one would connect each time
         try:
             found = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=2)[self.topic].result(3)
         except KafkaException as exc:
